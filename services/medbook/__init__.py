@@ -1,0 +1,1 @@
+"""medbook: a medical booking saga between a booking and a discount service."""

@@ -1,0 +1,1 @@
+"""The booking service: HTTP API, PostgreSQL, outbox relay, result consumer, timeout sweep."""

@@ -1,0 +1,173 @@
+"""The booking service: its parts, their start and stop, and the ASGI application.
+
+The HTTP API only needs PostgreSQL: bookings are accepted (and their events
+wait in the outbox) while the broker is away. The broker link is made in the
+background and re-made by aio-pika's robust connection; once it is up, the
+outbox relay publishes and the result consumer applies results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable
+
+from aio_pika.abc import AbstractRobustConnection
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+
+from medbook import contracts
+from medbook.booking import errors
+from medbook.booking.api import ROUTES
+from medbook.booking.middleware import BearerAuth, HttpMetrics
+from medbook.booking.outbox import OutboxRelay
+from medbook.booking.results import ResultHandler
+from medbook.booking.store import BookingStore, create_database
+from medbook.config import BookingSettings
+from medbook.messaging import Consumer, Publisher, connect, is_unavailable
+
+log = logging.getLogger(__name__)
+
+
+class BookingService:
+    def __init__(self, settings: BookingSettings) -> None:
+        self.settings = settings
+        db = settings.database
+        self.db = create_database(
+            db.dsn,
+            max_size=db.pool_max,
+            connect_timeout=db.connect_timeout,
+            statement_timeout=db.statement_timeout,
+        )
+        self.store = BookingStore(self.db)
+        self.connection: AbstractRobustConnection | None = None
+        self.publisher: Publisher | None = None
+        self.consumer: Consumer | None = None
+        self.relay = OutboxRelay(
+            self.store,
+            lambda: self.publisher,
+            batch_size=settings.outbox_batch_size,
+            poll_interval=settings.outbox_poll_interval,
+        )
+        self.stopping = asyncio.Event()
+        self._broker_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.db.connect()
+        try:
+            await self.store.ping()
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            log.warning("database not reachable yet (%r); requests get 503 until it is", exc)
+        self.relay.start()
+        self._broker_task = asyncio.create_task(self._attach_broker(), name="broker-link")
+        log.info("booking service started")
+
+    async def _attach_broker(self) -> None:
+        delay = 0.5
+        rabbit = self.settings.rabbit
+        while not self.stopping.is_set():
+            try:
+                if self.connection is None:
+                    self.connection = await connect(
+                        rabbit.url.get_secret_value(), "medbook-booking", stopping=self.stopping
+                    )
+                publisher = Publisher(self.connection)
+                await publisher.start()
+                self.publisher = publisher
+                self.relay.wake()
+                self.consumer = Consumer(
+                    self.connection,
+                    contracts.BOOKING_QUEUE,
+                    ResultHandler(self.store, self.relay.wake),
+                    publisher=publisher,
+                    prefetch=rabbit.prefetch,
+                    max_tries=rabbit.max_tries,
+                )
+                await self.consumer.start()
+                return
+            except Exception as exc:
+                if self.stopping.is_set():
+                    return
+                log.warning("cannot set up the broker link (%r); retrying in %.1fs", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+                delay = min(delay * 2, 5.0)
+
+    async def stop(self) -> None:
+        """Finish in-flight results and the outbox batch in progress, then close everything."""
+        self.stopping.set()
+        if self._broker_task is not None and not self._broker_task.done():
+            self._broker_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._broker_task
+        if self.consumer is not None:
+            await self.consumer.stop(self.settings.shutdown_grace)
+        await self.relay.stop()
+        if self.publisher is not None:
+            await self.publisher.close()
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                await self.connection.close()
+        await self.db.disconnect()
+        log.info("booking service stopped")
+
+    @property
+    def broker_connected(self) -> bool:
+        return (
+            self.connection is not None
+            and self.connection.connected.is_set()
+            and self.publisher is not None
+        )
+
+    async def readiness(self, checks: Iterable[str]) -> dict[str, bool]:
+        result: dict[str, bool] = {}
+        for check in checks:
+            if check == "database":
+                try:
+                    await asyncio.wait_for(self.store.ping(), 2)
+                    result["database"] = True
+                except Exception:
+                    result["database"] = False
+            elif check == "broker":
+                result["broker"] = self.broker_connected
+        return result
+
+
+def create_app(settings: BookingSettings, service: BookingService | None = None) -> Starlette:
+    service = service or BookingService(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    middleware = [
+        Middleware(
+            OpenTelemetryMiddleware,
+            excluded_urls="healthz,readyz,metrics",
+            exclude_spans=["receive", "send"],
+        ),
+        Middleware(HttpMetrics),
+    ]
+    if settings.api_token is not None:
+        middleware.append(Middleware(BearerAuth, token=settings.api_token.get_secret_value()))
+    app = Starlette(
+        routes=ROUTES,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={
+            errors.ApiError: errors.api_error,
+            HTTPException: errors.http_error,
+            Exception: errors.unexpected_error,
+        },
+    )
+    app.state.service = service
+    return app

@@ -1,0 +1,66 @@
+"""ASGI middleware of the booking API: bearer-token authentication and HTTP metrics."""
+
+from __future__ import annotations
+
+import hmac
+import time
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from medbook import metrics
+from medbook.booking.errors import error_response
+
+# Reachable without a token: probes and the metrics scrape.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class BearerAuth:
+    """Requires ``Authorization: Bearer <token>`` on every path but :data:`OPEN_PATHS`."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+        if hmac.compare_digest(given, self.token):
+            await self.app(scope, receive, send)
+            return
+        message = "Missing bearer token" if not given else "Invalid bearer token"
+        response = error_response(
+            Request(scope), 401, message, headers={"WWW-Authenticate": 'Bearer realm="medbook"'}
+        )
+        await response(scope, receive, send)
+
+
+class HttpMetrics:
+    """Counts requests and observes latency by route template (never by raw path)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope["method"]
+            metrics.HTTP_REQUESTS.labels(method, template, str(status)).inc()
+            metrics.HTTP_DURATION.labels(method, template).observe(time.perf_counter() - started)

@@ -1,0 +1,118 @@
+"""``medbook-cleanup``: the timeout sweep.
+
+Rejects bookings left PENDING past the timeout ("System timeout: Discount
+service did not respond") in one statement, and in the same transaction puts
+a ``quota_released`` event in the outbox for each of them, so a unit the
+discount worker may have reserved before its result went missing comes back.
+One-shot by default (for a Kubernetes CronJob); ``--every N`` loops (local
+dev stack).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import logging
+import time
+
+from opentelemetry import trace
+
+from medbook import metrics
+from medbook.booking.store import BookingStore, SweptBooking, create_database
+from medbook.config import CleanupSettings
+from medbook.messaging import is_unavailable
+from medbook.runtime import on_stop_signals, run
+from medbook.telemetry import inject_headers, setup_logging, setup_tracing
+
+log = logging.getLogger("medbook.cleanup")
+tracer = trace.get_tracer("medbook.cleanup")
+
+
+async def sweep_once(store: BookingStore, pending_timeout: dt.timedelta) -> list[SweptBooking]:
+    with tracer.start_as_current_span("booking.sweep") as span:
+        swept = await store.sweep(pending_timeout, inject_headers())
+        span.set_attribute("medbook.swept", len(swept))
+    metrics.SWEEP_LAST_RUN.set(time.time())
+    if swept:
+        metrics.SWEEP_REJECTED.inc(len(swept))
+        metrics.QUOTA_RELEASE_REQUESTS.labels("sweep").inc(len(swept))
+    return swept
+
+
+async def sweep_main(settings: CleanupSettings, pending_timeout: int, every: float | None) -> int:
+    db = settings.database
+    store = BookingStore(
+        create_database(
+            db.dsn,
+            max_size=2,
+            connect_timeout=db.connect_timeout,
+            statement_timeout=db.statement_timeout,
+        )
+    )
+    stop = asyncio.Event()
+    on_stop_signals(lambda name: stop.set())
+    await store.db.connect()
+    timeout = dt.timedelta(seconds=pending_timeout)
+    try:
+        while True:
+            try:
+                swept = await sweep_once(store, timeout)
+                log.info(
+                    "sweep rejected %d booking(s) pending for over %ds",
+                    len(swept),
+                    pending_timeout,
+                    extra={"rejected": len(swept)},
+                )
+            except Exception as exc:
+                if every is None or not is_unavailable(exc):
+                    log.error("sweep failed: %r", exc)
+                    if every is None:
+                        return 1
+                else:
+                    log.warning("sweep skipped, database unavailable: %r", exc)
+            if every is None:
+                return 0
+            try:
+                await asyncio.wait_for(stop.wait(), every)
+                return 0
+            except TimeoutError:
+                continue
+    finally:
+        await store.db.disconnect()
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = CleanupSettings()
+    parser = argparse.ArgumentParser(
+        prog="medbook-cleanup",
+        description="Reject bookings stuck PENDING past the timeout and give back any quota unit "
+        "they held. Runs once and exits 0 (for a CronJob) unless --every is given.",
+    )
+    parser.add_argument(
+        "--pending-timeout",
+        type=int,
+        default=settings.pending_timeout_seconds,
+        metavar="SECONDS",
+        help="reject bookings PENDING for longer than this "
+        f"(default: {settings.pending_timeout_seconds}, from MEDBOOK_PENDING_TIMEOUT)",
+    )
+    parser.add_argument(
+        "--every",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="sweep again every SECONDS until stopped",
+    )
+    args = parser.parse_args(argv)
+    if args.pending_timeout < 1:
+        parser.error("--pending-timeout must be at least 1 second")
+    if args.every is not None and args.every <= 0:
+        parser.error("--every must be positive")
+    setup_logging(settings.telemetry, "medbook-cleanup")
+    setup_tracing("medbook-cleanup")
+    return run(lambda: sweep_main(settings, args.pending_timeout, args.every))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The discount service: rules, quota, policy and the worker."""

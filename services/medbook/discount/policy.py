@@ -1,0 +1,288 @@
+"""The quota policy: one model for the worker, the operator, the CRD and the CLI.
+
+The worker starts from defaults taken from the environment. Whoever owns the
+policy (the operator, from a ``QuotaPolicy`` object; or ``medbook quota``)
+publishes a validated policy as JSON under :data:`POLICY_KEY` in Redis; the
+worker re-reads it every second or so and falls back to its defaults when the
+key is withdrawn. Field names are camelCase, as in the custom resource's spec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import zoneinfo
+from typing import Annotated, Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from redis.asyncio import Redis
+
+from medbook.config import PolicyDefaults
+from medbook.contracts import Gender
+
+log = logging.getLogger(__name__)
+
+POLICY_KEY: Final = "medbook:policy"
+
+# Bounds shared with the CRD's openAPIV3Schema (a test checks they agree).
+MAX_DAILY_LIMIT: Final = 1_000_000
+MAX_PENDING_TIMEOUT_SECONDS: Final = 7 * 24 * 3600
+MIN_PENDING_TIMEOUT_SECONDS: Final = 30
+MAX_BLOCKED_USERS: Final = 1000
+MAX_NAME_LENGTH: Final = 200
+
+CRON_FIELD_RANGES: Final = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+CRON_MACROS: Final = frozenset(
+    {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+)
+
+
+def check_cron(expression: str) -> None:
+    """Validate a five-field cron expression (or a macro) as Kubernetes CronJobs accept it."""
+    expr = expression.strip()
+    if expr in CRON_MACROS:
+        return
+    fields = expr.split()
+    if len(fields) != 5:
+        raise ValueError(
+            f"schedule {expression!r} must have 5 fields (minute hour day month weekday)"
+        )
+    for text, (low, high) in zip(fields, CRON_FIELD_RANGES, strict=True):
+        for part in text.split(","):
+            _check_cron_part(part, low, high, expression)
+
+
+def _check_cron_part(part: str, low: int, high: int, expression: str) -> None:
+    base, _, step = part.partition("/")
+    if step and (not step.isdigit() or int(step) == 0):
+        raise ValueError(f"schedule {expression!r}: bad step in {part!r}")
+    if base in ("*", "?"):
+        return
+    bounds = base.split("-")
+    if len(bounds) > 2 or not all(b.isdigit() for b in bounds):
+        raise ValueError(f"schedule {expression!r}: cannot read {part!r}")
+    values = [int(b) for b in bounds]
+    if any(v < low or v > high for v in values) or values != sorted(values):
+        raise ValueError(f"schedule {expression!r}: {part!r} is outside {low}-{high}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, validate_default=True
+    )
+
+
+class BirthdayRule(_Model):
+    """Eligible on the customer's birthday (born on 29 February: 28 February in other years)."""
+
+    enabled: bool = True
+    genders: Annotated[tuple[Gender, ...], Field(min_length=1, max_length=3)] = (Gender.FEMALE,)
+
+    @field_validator("genders", mode="before")
+    @classmethod
+    def _case_insensitive(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            by_lower = {g.value.lower(): g.value for g in Gender}
+            return tuple(by_lower.get(str(v).lower(), v) for v in value)
+        return value
+
+    @field_validator("genders")
+    @classmethod
+    def _unique(cls, value: tuple[Gender, ...]) -> tuple[Gender, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("genders must not repeat")
+        return value
+
+
+class HighValueRule(_Model):
+    """Eligible when the base price is strictly over the threshold."""
+
+    enabled: bool = True
+    threshold: Annotated[int, Field(ge=0, le=100_000_000)] = 1000
+
+
+class Eligibility(_Model):
+    birthday: BirthdayRule = BirthdayRule()
+    high_value: HighValueRule = Field(default=HighValueRule(), alias="highValue")
+
+
+class Cleanup(_Model):
+    """The timeout sweep: a CronJob in a cluster, a loop in the local dev stack."""
+
+    schedule: str = "* * * * *"
+    pending_timeout_seconds: Annotated[
+        int, Field(ge=MIN_PENDING_TIMEOUT_SECONDS, le=MAX_PENDING_TIMEOUT_SECONDS)
+    ] = Field(default=300, alias="pendingTimeoutSeconds")
+    suspend: bool = False
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        check_cron(value)
+        return value
+
+
+class QuotaPolicy(_Model):
+    daily_limit: Annotated[int, Field(ge=0, le=MAX_DAILY_LIMIT)] = Field(
+        default=100, alias="dailyLimit"
+    )
+    discount_percent: Annotated[float, Field(ge=0, le=100)] = Field(
+        default=12, alias="discountPercent"
+    )
+    time_zone: str = Field(default="Asia/Kolkata", alias="timeZone")
+    eligibility: Eligibility = Eligibility()
+    blocked_users: Annotated[
+        tuple[Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)], ...],
+        Field(max_length=MAX_BLOCKED_USERS),
+    ] = Field(default=("fail_test_user",), alias="blockedUsers")
+    cleanup: Cleanup = Cleanup()
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
+        return value
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.time_zone)
+
+    def today(self, now: dt.datetime | None = None) -> dt.date:
+        """Today's date in the policy's time zone."""
+        now = now or dt.datetime.now(dt.UTC)
+        return now.astimezone(self.zone).date()
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True)
+
+    def to_spec(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> QuotaPolicy:
+        return cls.model_validate_json(raw)
+
+    @classmethod
+    def from_defaults(cls, defaults: PolicyDefaults | None = None) -> QuotaPolicy:
+        d = defaults or PolicyDefaults()
+        return cls(
+            daily_limit=d.daily_limit,
+            discount_percent=d.discount_percent,
+            time_zone=d.time_zone,
+            eligibility=Eligibility(
+                birthday=BirthdayRule(enabled=d.birthday_rule, genders=d.birthday_genders),
+                high_value=HighValueRule(
+                    enabled=d.high_value_rule, threshold=d.high_value_threshold
+                ),
+            ),
+            blocked_users=d.blocked_users,
+            cleanup=Cleanup(
+                schedule=d.cleanup_schedule, pending_timeout_seconds=d.pending_timeout_seconds
+            ),
+        )
+
+
+def describe_error(exc: ValidationError) -> str:
+    """One readable line per problem, with the camelCase path a user wrote."""
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "spec"
+        lines.append(f"{path}: {err['msg']}")
+    return "; ".join(lines)
+
+
+class PolicyStore:
+    """Where the published policy lives (a JSON document in Redis)."""
+
+    def __init__(self, redis: Redis, key: str = POLICY_KEY) -> None:
+        self.redis = redis
+        self.key = key
+
+    async def load(self) -> QuotaPolicy | None:
+        raw = await self.redis.get(self.key)
+        return None if raw is None else QuotaPolicy.from_json(raw)
+
+    async def publish(self, policy: QuotaPolicy) -> None:
+        await self.redis.set(self.key, policy.to_json())
+
+    async def withdraw(self) -> bool:
+        return bool(await self.redis.delete(self.key))
+
+
+class PolicySource:
+    """The worker's view of the policy: the published one, else the environment's defaults.
+
+    A background task re-reads the store every ``interval`` seconds, so a new
+    policy takes effect within that time without a restart. When the store
+    cannot be read (Redis down) or holds an invalid document, the last good
+    policy stays in force and the problem is logged once.
+    """
+
+    def __init__(self, store: PolicyStore, defaults: QuotaPolicy, interval: float = 1.0) -> None:
+        self.store = store
+        self.defaults = defaults
+        self.interval = interval
+        self.current = defaults
+        self.published = False
+        self._raw: bytes | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._problem: str | None = None
+
+    async def refresh(self) -> QuotaPolicy:
+        try:
+            raw = await self.store.redis.get(self.store.key)
+        except Exception as exc:  # keep serving the last good policy
+            self._report(f"cannot read the published policy: {exc!r}")
+            return self.current
+        if raw == self._raw:
+            return self.current
+        if raw is None:
+            self.current, self.published = self.defaults, False
+            log.info(
+                "no published policy: using the defaults (daily limit %d)",
+                self.defaults.daily_limit,
+            )
+        else:
+            try:
+                policy = QuotaPolicy.from_json(raw)
+            except ValidationError as exc:
+                self._report(
+                    f"published policy is invalid, keeping the last good one: {describe_error(exc)}"
+                )
+                return self.current
+            self.current, self.published = policy, True
+            log.info(
+                "policy updated: daily limit %d, discount %s%%, time zone %s",
+                policy.daily_limit,
+                policy.discount_percent,
+                policy.time_zone,
+            )
+        self._raw = raw
+        self._problem = None
+        return self.current
+
+    def _report(self, problem: str) -> None:
+        if problem != self._problem:
+            log.warning(problem)
+            self._problem = problem
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._task = asyncio.create_task(self._loop(), name="policy-refresh")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.refresh()

@@ -1,0 +1,449 @@
+"""RabbitMQ: topology, publishing with confirms, consuming with manual ack.
+
+Topology: one durable direct exchange routes each event (routing key = event
+name) to its quorum queue; each queue dead-letters to ``<queue>.dlq``. Every
+publish is persistent, ``mandatory`` and waits for the broker's confirm.
+
+A :class:`Consumer` runs one handler per delivery, concurrently, up to the
+prefetch bound, and acks only when the handler returned. What a failure does
+depends on its kind:
+
+- :class:`~medbook.contracts.MalformedMessage` (or :class:`DeadLetter`): the
+  message goes to the dead-letter queue at once, with the reason in a header;
+- a dependency that is unavailable (database, Redis, broker): the handler is
+  run again after a backoff, for as long as it takes, without counting a try:
+  an outage must not turn good messages into dead letters;
+- anything else: the message is re-queued with its try count in a header and
+  dead-lettered, with the reason and the count, after ``max_tries`` tries.
+
+As a safety net for messages that crash the whole process, the queues also
+carry the broker's own ``x-delivery-limit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractRobustConnection,
+    DeliveryMode,
+)
+
+from medbook import metrics
+from medbook.contracts import (
+    ATTEMPT_HEADER,
+    CONTRACT_VERSION,
+    CONTRACT_VERSION_HEADER,
+    DEAD_LETTER_AT_HEADER,
+    DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_QUEUE_HEADER,
+    DEAD_LETTER_REASON_HEADER,
+    DEAD_LETTER_TRIES_HEADER,
+    EVENT_QUEUE,
+    EXCHANGE,
+    Event,
+    MalformedMessage,
+    dead_letter_queue,
+)
+
+log = logging.getLogger(__name__)
+
+# Deliveries (crashed consumers included) after which the broker itself
+# dead-letters a message. Part of the queue's arguments, so a constant: changing
+# it would make the next declaration fail against the existing queue.
+BROKER_DELIVERY_LIMIT: Final = 20
+
+Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+
+class DeadLetter(Exception):
+    """Raised by a handler for a message that must go to the dead-letter queue now."""
+
+    def __init__(self, reason: str, label: str = "rejected") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.label = label
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Is this the failure of a dependency that may come back (not of the message)?"""
+    import asyncpg
+    import redis.exceptions
+
+    transient: tuple[type[BaseException], ...] = (
+        ConnectionError,
+        OSError,
+        TimeoutError,
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        redis.exceptions.BusyLoadingError,
+        redis.exceptions.ReadOnlyError,
+        redis.exceptions.TryAgainError,
+        redis.exceptions.ClusterDownError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.InterfaceError,
+        asyncpg.CannotConnectNowError,
+        asyncpg.AdminShutdownError,
+        asyncpg.CrashShutdownError,
+        asyncpg.TooManyConnectionsError,
+        asyncpg.SerializationError,
+        asyncpg.DeadlockDetectedError,
+        asyncpg.QueryCanceledError,
+        aiormq.exceptions.AMQPConnectionError,
+        aiormq.exceptions.ChannelInvalidStateError,
+        aiormq.exceptions.ChannelClosed,
+        aiormq.exceptions.ConnectionClosed,
+        aiormq.exceptions.DeliveryError,
+        aio_pika.exceptions.PublishError,
+    )
+    if isinstance(exc, transient):
+        return True
+    cause = exc.__cause__ or exc.__context__
+    return cause is not None and cause is not exc and is_unavailable(cause)
+
+
+def queue_arguments(queue: str) -> dict[str, Any]:
+    return {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+        "x-dead-letter-routing-key": queue,
+        "x-delivery-limit": BROKER_DELIVERY_LIMIT,
+    }
+
+
+async def declare_topology(channel: AbstractChannel) -> AbstractExchange:
+    """Declare exchanges, queues, dead-letter queues and bindings (idempotent)."""
+    exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
+    dlx = await channel.declare_exchange(
+        DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    for queue_name in sorted(set(EVENT_QUEUE.values())):
+        dlq = await channel.declare_queue(
+            dead_letter_queue(queue_name), durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await dlq.bind(dlx, routing_key=queue_name)
+        queue = await channel.declare_queue(
+            queue_name, durable=True, arguments=queue_arguments(queue_name)
+        )
+        for event, target in EVENT_QUEUE.items():
+            if target == queue_name:
+                await queue.bind(exchange, routing_key=event.value)
+    return exchange
+
+
+async def connect(
+    url: str, name: str, *, stopping: asyncio.Event | None = None
+) -> AbstractRobustConnection:
+    """A robust connection (it reconnects and restores consumers by itself).
+
+    The first connection is retried with backoff until it succeeds or
+    ``stopping`` is set, so a service can start before its broker.
+    """
+    delay = 0.2
+    while True:
+        try:
+            return await aio_pika.connect_robust(
+                url, client_properties={"connection_name": name}, timeout=5, reconnect_interval=1
+            )
+        except Exception as exc:
+            if not is_unavailable(exc) and not isinstance(exc, aiormq.exceptions.AMQPError):
+                raise
+            if stopping is not None and stopping.is_set():
+                raise
+            log.warning("broker not reachable (%s), retrying in %.1fs", exc, delay)
+            if stopping is None:
+                await asyncio.sleep(delay)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), delay)
+            delay = min(delay * 2, 5.0)
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat()
+
+
+class Publisher:
+    """Publishes events on a channel with publisher confirms."""
+
+    def __init__(self, connection: AbstractRobustConnection, *, timeout: float = 10.0) -> None:
+        self.connection = connection
+        self.timeout = timeout
+        self.channel: AbstractChannel | None = None
+        self.exchange: AbstractExchange | None = None
+        self.default_exchange: AbstractExchange | None = None
+
+    async def start(self) -> None:
+        self.channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+        self.exchange = await declare_topology(self.channel)
+        self.default_exchange = self.channel.default_exchange
+
+    async def close(self) -> None:
+        if self.channel is not None and not self.channel.is_closed:
+            with contextlib.suppress(Exception):
+                await self.channel.close()
+
+    async def publish(
+        self,
+        event: Event,
+        body: bytes,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> None:
+        """Publish persistently; return once the broker confirmed, raise otherwise."""
+        if self.exchange is None:
+            raise aiormq.exceptions.ChannelInvalidStateError("publisher is not started")
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=DeliveryMode.PERSISTENT,
+            type=event.value,
+            message_id=message_id,
+            correlation_id=correlation_id,
+            timestamp=dt.datetime.now(dt.UTC),
+            headers={CONTRACT_VERSION_HEADER: CONTRACT_VERSION, **(headers or {})},
+        )
+        await self.exchange.publish(message, routing_key=event.value, timeout=self.timeout)
+
+    async def publish_raw(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
+        """Publish a ready-made message (dead letters, retries, replays) with a confirm."""
+        if self.channel is None:
+            raise aiormq.exceptions.ChannelInvalidStateError("publisher is not started")
+        target = (
+            self.default_exchange
+            if exchange == ""
+            else await self.channel.get_exchange(exchange, ensure=False)
+        )
+        assert target is not None
+        await target.publish(message, routing_key=routing_key, timeout=self.timeout)
+
+
+def copy_message(message: AbstractIncomingMessage, headers: Mapping[str, Any]) -> aio_pika.Message:
+    """A persistent copy of a delivered message with extra headers."""
+    return aio_pika.Message(
+        message.body,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        delivery_mode=DeliveryMode.PERSISTENT,
+        type=message.type,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        timestamp=message.timestamp,
+        headers={**(message.headers or {}), **headers},
+    )
+
+
+class Consumer:
+    """Consumes one queue: manual ack, bounded prefetch, concurrent handlers."""
+
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        queue_name: str,
+        handler: Handler,
+        *,
+        publisher: Publisher,
+        prefetch: int,
+        max_tries: int,
+        retry_backoff: float = 0.2,
+        unavailable_backoff_max: float = 5.0,
+        on_dead_letter: Handler | None = None,
+    ) -> None:
+        self.connection = connection
+        self.queue_name = queue_name
+        self.handler = handler
+        self.publisher = publisher
+        self.prefetch = prefetch
+        self.max_tries = max_tries
+        self.retry_backoff = retry_backoff
+        self.unavailable_backoff_max = unavailable_backoff_max
+        self.on_dead_letter = on_dead_letter
+        self.stopping = asyncio.Event()
+        self._channel: AbstractChannel | None = None
+        self._queue: aio_pika.abc.AbstractQueue | None = None
+        self._tag: str | None = None
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    async def start(self) -> None:
+        self._channel = await self.connection.channel(publisher_confirms=False)
+        await self._channel.set_qos(prefetch_count=self.prefetch)
+        self._queue = await self._channel.declare_queue(
+            self.queue_name, durable=True, arguments=queue_arguments(self.queue_name)
+        )
+        self._tag = await self._queue.consume(self._on_message)
+        log.info("consuming %s (prefetch %d)", self.queue_name, self.prefetch)
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking messages, let in-flight ones finish (up to ``grace`` s), close."""
+        self.stopping.set()
+        if self._queue is not None and self._tag is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._queue.cancel(self._tag), timeout=2)
+        if self._in_flight:
+            log.info(
+                "waiting for %d in-flight message(s) on %s", len(self._in_flight), self.queue_name
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout=grace)
+        for task in list(self._in_flight):
+            task.cancel()
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        if self._channel is not None and not self._channel.is_closed:
+            # Closing the channel hands every unacked message back to the broker.
+            with contextlib.suppress(Exception):
+                await self._channel.close()
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
+        self._idle.clear()
+        try:
+            await self._process(message)
+        finally:
+            self._in_flight.discard(task)
+            if not self._in_flight:
+                self._idle.set()
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
+        event = message.type or "unknown"
+        delay = self.retry_backoff
+        while True:
+            try:
+                await self.handler(message)
+            except (MalformedMessage, DeadLetter) as exc:
+                label = exc.label if isinstance(exc, DeadLetter) else "malformed"
+                await self._dead_letter(message, str(exc), label, tries=self._tries(message) + 1)
+                return
+            except asyncio.CancelledError:
+                await self._settle(message.nack(requeue=True))
+                raise
+            except Exception as exc:
+                if is_unavailable(exc):
+                    if self.stopping.is_set():
+                        log.warning(
+                            "%s: dependency unavailable during shutdown; message returns to %s",
+                            event,
+                            self.queue_name,
+                        )
+                        await self._settle(message.nack(requeue=True))
+                        return
+                    metrics.MESSAGES_RETRIED.labels(self.queue_name, "unavailable").inc()
+                    log.warning(
+                        "%s: dependency unavailable (%r); retrying in %.1fs", event, exc, delay
+                    )
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self.stopping.wait(), delay * (0.5 + random.random())
+                        )
+                    delay = min(delay * 2, self.unavailable_backoff_max)
+                    continue
+                await self._failed(message, exc)
+                return
+            else:
+                await self._settle(message.ack())
+                metrics.MESSAGES_CONSUMED.labels(self.queue_name, event, "acked").inc()
+                return
+
+    def _tries(self, message: AbstractIncomingMessage) -> int:
+        try:
+            return int((message.headers or {}).get(ATTEMPT_HEADER, 0))
+        except (TypeError, ValueError):
+            return 0
+
+    async def _failed(self, message: AbstractIncomingMessage, exc: Exception) -> None:
+        tries = self._tries(message) + 1
+        reason = f"{type(exc).__name__}: {exc}"
+        if tries >= self.max_tries:
+            log.error("%s failed %d time(s), dead-lettering: %s", message.type, tries, reason)
+            await self._dead_letter(message, reason, "max_tries", tries=tries)
+            return
+        log.warning(
+            "%s failed (try %d of %d): %s",
+            message.type,
+            tries,
+            self.max_tries,
+            reason,
+            exc_info=exc,
+        )
+        await asyncio.sleep(min(self.retry_backoff * 2 ** (tries - 1), 2.0))
+        retry = copy_message(message, {ATTEMPT_HEADER: tries})
+        try:
+            await self.publisher.publish_raw("", self.queue_name, retry)
+        except Exception as publish_exc:
+            log.warning(
+                "cannot re-queue %s for a retry (%r); the broker will redeliver it",
+                message.type,
+                publish_exc,
+            )
+            await self._settle(message.nack(requeue=True))
+            return
+        await self._settle(message.ack())
+        metrics.MESSAGES_RETRIED.labels(self.queue_name, "failed").inc()
+        metrics.MESSAGES_CONSUMED.labels(
+            self.queue_name, message.type or "unknown", "retried"
+        ).inc()
+
+    async def _dead_letter(
+        self, message: AbstractIncomingMessage, reason: str, label: str, *, tries: int
+    ) -> None:
+        log.error(
+            "dead-lettering %s from %s: %s", message.type or "message", self.queue_name, reason
+        )
+        if self.on_dead_letter is not None:
+            try:
+                await self.on_dead_letter(message)
+            except Exception as exc:  # compensation is best effort; the sweep is the backstop
+                log.warning("compensation for a dead letter on %s failed: %r", self.queue_name, exc)
+        copy = copy_message(
+            message,
+            {
+                DEAD_LETTER_REASON_HEADER: reason[:1000],
+                DEAD_LETTER_TRIES_HEADER: tries,
+                DEAD_LETTER_QUEUE_HEADER: self.queue_name,
+                DEAD_LETTER_AT_HEADER: now_iso(),
+            },
+        )
+        try:
+            await self.publisher.publish_raw(DEAD_LETTER_EXCHANGE, self.queue_name, copy)
+        except Exception as exc:
+            # Let the broker's own dead-lettering take it (reason in x-death).
+            log.error("cannot publish the dead letter (%r); rejecting to the broker's DLX", exc)
+            await self._settle(message.reject(requeue=False))
+        else:
+            await self._settle(message.ack())
+        metrics.MESSAGES_DEAD_LETTERED.labels(self.queue_name, label).inc()
+        metrics.MESSAGES_CONSUMED.labels(
+            self.queue_name, message.type or "unknown", "dead_lettered"
+        ).inc()
+
+    async def _settle(self, settle: Awaitable[None]) -> None:
+        """Ack/nack; on a lost channel the broker redelivers by itself, so that is not an error."""
+        try:
+            await settle
+        except Exception as exc:
+            log.info(
+                "could not settle a message on %s (%r); the broker will redeliver it",
+                self.queue_name,
+                exc,
+            )

@@ -1,0 +1,149 @@
+"""Logging, OpenTelemetry setup and W3C trace-context propagation.
+
+Tracing always runs the OpenTelemetry SDK, so the ``traceId`` the API returns
+is a real trace id; spans are exported only when the standard ``OTEL_*``
+variables name an exporter (``OTEL_EXPORTER_OTLP_ENDPOINT`` or
+``OTEL_TRACES_EXPORTER=otlp``). ``OTEL_TRACES_SAMPLER=always_off`` keeps the
+ids and drops the spans: that is "tracing off" in the benchmark.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from medbook.config import TelemetrySettings
+
+_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the trace and span ids of the current span."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname.lower(),
+            "service": self.service,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        trace_id = getattr(record, "trace_id", None)
+        if trace_id:
+            entry["trace_id"] = trace_id
+            entry["span_id"] = getattr(record, "span_id", None)
+        for key, value in record.__dict__.items():
+            if (
+                key not in _RESERVED
+                and key not in ("trace_id", "span_id")
+                and not key.startswith("_")
+            ):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s%(trace_suffix)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        trace_id = getattr(record, "trace_id", None)
+        record.trace_suffix = f"  [trace {trace_id}]" if trace_id else ""
+        return super().format(record)
+
+
+class TraceContextFilter(logging.Filter):
+    """Adds ``trace_id``/``span_id`` of the active span to every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid:
+            record.trace_id = format(ctx.trace_id, "032x")
+            record.span_id = format(ctx.span_id, "016x")
+        return True
+
+
+def setup_logging(settings: TelemetrySettings, service: str) -> None:
+    fmt = settings.log_format
+    if fmt == "auto":
+        fmt = "text" if sys.stderr.isatty() else "json"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(TextFormatter() if fmt == "text" else JsonFormatter(service))
+    handler.addFilter(TraceContextFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+    # Libraries that log every connection attempt at INFO drown the saga's own lines.
+    for noisy in ("aiormq", "aio_pika", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def exporter_configured() -> bool:
+    exporter = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if exporter == "none":
+        return False
+    return bool(
+        exporter
+        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+
+
+def setup_tracing(service: str) -> TracerProvider:
+    """Install the SDK tracer provider (once per process) and return it."""
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        return current
+    resource = Resource.create(
+        {
+            "service.name": os.environ.get("OTEL_SERVICE_NAME", service),
+            "service.namespace": "medbook",
+        }
+    )
+    provider = TracerProvider(resource=resource)
+    if exporter_configured():
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def inject_headers(context: Context | None = None) -> dict[str, str]:
+    """The W3C ``traceparent``/``tracestate`` of the current (or given) context."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=context)
+    return carrier
+
+
+def extract_context(headers: Mapping[str, Any] | None) -> Context:
+    carrier = {
+        k: (v.decode() if isinstance(v, bytes) else str(v))
+        for k, v in (headers or {}).items()
+        if k in ("traceparent", "tracestate", "baggage")
+    }
+    return propagate.extract(carrier)
+
+
+def current_trace_id() -> str:
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
