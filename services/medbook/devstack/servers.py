@@ -15,6 +15,7 @@ process tree (Erlang's epmd).
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import logging
 import os
@@ -140,7 +141,7 @@ class _ServerExecutor(Executor):
         return self._ready()
 
 
-class _Server:
+class _Server(abc.ABC):
     """Common life cycle; subclasses provide the command and the readiness probe."""
 
     _start_timeout: ClassVar[float] = 30.0
@@ -167,18 +168,22 @@ class _Server:
 
     def _prepare(self) -> None:
         """Create or check the on-disk state before the server process starts."""
+        return
 
+    @abc.abstractmethod
     def _command(self) -> list[str]:
-        raise NotImplementedError
+        """The server's command line."""
 
     def _env(self) -> dict[str, str]:
         return {}
 
+    @abc.abstractmethod
     def _ready(self) -> bool:
-        raise NotImplementedError
+        """Does the server accept clients yet?"""
 
     def _after_exit(self) -> None:
         """Hook run once the main process is gone, before leftovers are reaped."""
+        return
 
     def _is_ours(self, env: Mapping[str, str]) -> bool:
         return env.get(_TAG_ENV) == self._tag
@@ -186,8 +191,9 @@ class _Server:
     # -- public API
 
     @property
+    @abc.abstractmethod
     def url(self) -> str:
-        raise NotImplementedError
+        """How a client connects."""
 
     @property
     def log_path(self) -> Path:

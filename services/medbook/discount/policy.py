@@ -213,6 +213,12 @@ class PolicyStore:
     async def withdraw(self) -> bool:
         return bool(await self.redis.delete(self.key))
 
+    async def used(self, day: dt.date) -> int:
+        """Units of the day's quota in use (what the operator reports in its status)."""
+        from medbook.discount.quota import counter_key
+
+        return int(await self.redis.get(counter_key(day)) or 0)
+
 
 class PolicySource:
     """The worker's view of the policy: the published one, else the environment's defaults.

@@ -1,0 +1,49 @@
+# medbook: the two commands are `make dev` (run the system) and `make test` (run the tests).
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: dev test bench lint format lock system-deps install install-dev clean-dev
+
+## Run the whole system locally (installs what is missing first). Ctrl-C stops everything.
+dev: install
+	scripts/install-system-deps
+	$(BIN)/medbook dev
+
+## Install what the tests need, then run them (slowest tests listed at the end).
+test: install-dev
+	scripts/install-system-deps --test
+	$(BIN)/ruff check .
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## The benchmark: N bookings at concurrency C against a fresh local system.
+bench: install
+	scripts/install-system-deps
+	$(BIN)/medbook bench --local $(BENCH_ARGS)
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install-dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## Re-resolve the lock files after changing pyproject.toml.
+lock:
+	$(BIN)/uv pip compile -q pyproject.toml --extra operator -o requirements.lock --python-version 3.11 --universal
+	$(BIN)/uv pip compile -q pyproject.toml --extra operator --extra dev -o requirements-dev.lock --python-version 3.11 --universal
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	scripts/bootstrap
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml requirements-dev.lock
+	scripts/bootstrap --dev
+	touch $@ $(VENV)/.installed
+
+clean-dev:
+	rm -rf .data

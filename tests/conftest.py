@@ -1,0 +1,108 @@
+"""Session-wide real servers (PostgreSQL, Redis, RabbitMQ), started once, and per-test state.
+
+Each test gets a fresh database (copied from a migrated template), an empty
+Redis and a broker without medbook's queues. Servers listen on free loopback
+ports, never the standard ones.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from medbook.booking.migrations import upgrade
+from medbook.devstack.servers import PostgresServer, RabbitMQServer, RedisServer
+from medbook.telemetry import setup_tracing
+from tests.helpers import Infra, Stack, reset_broker, running_stack
+
+TEMPLATE_DB = "medbook_template"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_environment() -> Iterator[None]:
+    """Settings come from the environment: keep the developer's own out of the tests."""
+    saved = {k: v for k, v in os.environ.items()
+             if k.startswith(("MEDBOOK_", "DB_", "REDIS_", "RABBITMQ_", "BOOKING_", "OTEL_"))
+             or k in ("R2_QUOTA_LIMIT", "BANNED_USER", "DATABASE_URL")}
+    for key in saved:
+        del os.environ[key]
+    setup_tracing("medbook-tests")
+    yield
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def servers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("servers")
+
+
+@pytest.fixture(scope="session")
+def postgres_server(servers_dir: Path) -> Iterator[PostgresServer]:
+    server = PostgresServer(servers_dir / "postgres")
+    server.start()
+    server.create_database(TEMPLATE_DB)
+    upgrade(server.url_for(TEMPLATE_DB).replace("postgresql://", "postgresql+psycopg://", 1))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(servers_dir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(servers_dir / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbit_server(servers_dir: Path) -> Iterator[RabbitMQServer]:
+    server = RabbitMQServer(servers_dir / "rabbitmq")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def database_url(postgres_server: PostgresServer) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    if not postgres_server.running:  # a drill may have stopped it
+        postgres_server.start()
+    postgres_server.create_database(name, template=TEMPLATE_DB)
+    yield postgres_server.url_for(name)
+    if postgres_server.running:
+        postgres_server.drop_database(name)
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    import redis
+
+    if not redis_server.running:
+        redis_server.start()
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+async def amqp_url(rabbit_server: RabbitMQServer) -> str:
+    if not rabbit_server.running:
+        rabbit_server.start()
+    await reset_broker(rabbit_server.url)
+    return rabbit_server.url
+
+
+@pytest.fixture
+def infra(database_url: str, redis_url: str, amqp_url: str) -> Infra:
+    return Infra(database_url, redis_url, amqp_url)
+
+
+@pytest.fixture
+async def stack(infra: Infra) -> AsyncIterator[Stack]:
+    async with running_stack(infra) as running:
+        yield running
