@@ -25,9 +25,12 @@ TEMPLATE_DB = "medbook_template"
 @pytest.fixture(scope="session", autouse=True)
 def _clean_environment() -> Iterator[None]:
     """Settings come from the environment: keep the developer's own out of the tests."""
-    saved = {k: v for k, v in os.environ.items()
-             if k.startswith(("MEDBOOK_", "DB_", "REDIS_", "RABBITMQ_", "BOOKING_", "OTEL_"))
-             or k in ("R2_QUOTA_LIMIT", "BANNED_USER", "DATABASE_URL")}
+    saved = {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith(("MEDBOOK_", "DB_", "REDIS_", "RABBITMQ_", "BOOKING_", "OTEL_"))
+        or k in ("R2_QUOTA_LIMIT", "BANNED_USER", "DATABASE_URL")
+    }
     for key in saved:
         del os.environ[key]
     setup_tracing("medbook-tests")

@@ -72,7 +72,9 @@ def booking_body(**overrides: Any) -> dict[str, Any]:
 
 def eligible_body(name: str | None = None, **overrides: Any) -> dict[str, Any]:
     """A woman on her birthday: eligible for the discount (base 450 -> 396 at 12%)."""
-    return booking_body(userName=name or f"Birthday {uuid.uuid4().hex[:8]}", dob=birthday_dob(), **overrides)
+    return booking_body(
+        userName=name or f"Birthday {uuid.uuid4().hex[:8]}", dob=birthday_dob(), **overrides
+    )
 
 
 async def eventually(
@@ -98,8 +100,12 @@ async def reset_broker(amqp_url: str) -> None:
     """Delete medbook's queues and exchanges, so a test starts from an empty broker."""
     connection = await aio_pika.connect(amqp_url)
     try:
-        for queue in (DISCOUNT_QUEUE, BOOKING_QUEUE, dead_letter_queue(DISCOUNT_QUEUE),
-                      dead_letter_queue(BOOKING_QUEUE)):
+        for queue in (
+            DISCOUNT_QUEUE,
+            BOOKING_QUEUE,
+            dead_letter_queue(DISCOUNT_QUEUE),
+            dead_letter_queue(BOOKING_QUEUE),
+        ):
             channel = await connection.channel()
             with contextlib.suppress(Exception):
                 await channel.queue_delete(queue)
@@ -123,7 +129,9 @@ class Infra:
         values: dict[str, Any] = {
             "host": "127.0.0.1",
             "port": port_for.select_random(),
-            "database": PostgresSettings(url=self.database_url, connect_timeout=2, statement_timeout=5),
+            "database": PostgresSettings(
+                url=self.database_url, connect_timeout=2, statement_timeout=5
+            ),
             "rabbit": RabbitSettings(url=self.amqp_url, prefetch=64, max_tries=3),
             "outbox_poll_interval": 0.2,
             "shutdown_grace": 5,
@@ -131,7 +139,9 @@ class Infra:
         values.update(overrides)
         return BookingSettings(**values)
 
-    def discount_settings(self, policy: PolicyDefaults | None = None, **overrides: Any) -> DiscountSettings:
+    def discount_settings(
+        self, policy: PolicyDefaults | None = None, **overrides: Any
+    ) -> DiscountSettings:
         values: dict[str, Any] = {
             "metrics_port": port_for.select_random(),
             "metrics_host": "127.0.0.1",
@@ -158,7 +168,9 @@ class Stack:
     _server_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def book(self, body: dict[str, Any] | None = None, **kwargs: Any) -> httpx.Response:
-        return await self.api.post("/booking", json=body if body is not None else booking_body(), **kwargs)
+        return await self.api.post(
+            "/booking", json=body if body is not None else booking_body(), **kwargs
+        )
 
     async def get(self, booking_id: str) -> dict[str, Any]:
         response = await self.api.get(f"/booking/{booking_id}")
@@ -197,9 +209,13 @@ async def running_stack(
     service = BookingService(settings)
     server = http_server(create_app(settings, service), settings.host, settings.port, grace=5)
     server_task = asyncio.create_task(server.serve())
-    await eventually(lambda: asyncio.sleep(0, server.started), what="HTTP server started", timeout=20)
+    await eventually(
+        lambda: asyncio.sleep(0, server.started), what="HTTP server started", timeout=20
+    )
     redis = Redis.from_url(infra.redis_url)
-    api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.port}", timeout=10, headers=headers)
+    api = httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{settings.port}", timeout=10, headers=headers
+    )
     stack = Stack(infra, service, None, api, redis, server, server_task)
     try:
         if start_worker:

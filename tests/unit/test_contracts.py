@@ -29,8 +29,14 @@ def test_every_event_has_a_queue_and_a_model() -> None:
 
 def test_booking_created_round_trip_uses_the_reference_field_names() -> None:
     event = BookingCreated(
-        booking_id=uuid.uuid4(), user_id="u", user_name="Asha", gender="Female", dob=dt.date(1990, 1, 2),
-        services=[{"name": "Blood Test", "price": 300}], base_price=300, trace_id="ab" * 16,
+        booking_id=uuid.uuid4(),
+        user_id="u",
+        user_name="Asha",
+        gender="Female",
+        dob=dt.date(1990, 1, 2),
+        services=[{"name": "Blood Test", "price": 300}],
+        base_price=300,
+        trace_id="ab" * 16,
         created_at=dt.datetime.now(dt.UTC),
     )
     raw = contracts.encode(event)
@@ -42,8 +48,14 @@ def test_booking_created_round_trip_uses_the_reference_field_names() -> None:
 def test_discount_processed_carries_steps_and_quota_day() -> None:
     now = dt.datetime.now(dt.UTC)
     result = DiscountProcessed(
-        booking_id=uuid.uuid4(), result_id=uuid.uuid4(), is_allowed=True, status=BookingStatus.CONFIRMED,
-        final_price=396, quota_day=dt.date(2026, 5, 17), trace_id="c" * 32, processed_at=now,
+        booking_id=uuid.uuid4(),
+        result_id=uuid.uuid4(),
+        is_allowed=True,
+        status=BookingStatus.CONFIRMED,
+        final_price=396,
+        quota_day=dt.date(2026, 5, 17),
+        trace_id="c" * 32,
+        processed_at=now,
         steps=[SagaStep(state=SagaState.CHECKING_QUOTA, message="m", at=now)],
     )
     decoded = contracts.decode("discount_processed", contracts.encode(result))
@@ -58,10 +70,16 @@ def test_discount_processed_carries_steps_and_quota_day() -> None:
         (None, b"{}", "unknown event type"),
         ("booking_created", b"not json", "invalid booking_created"),
         ("quota_released", b'{"bookingId": "nope", "reason": "cancelled"}', "bookingId"),
-        ("quota_released", b'{"bookingId": "%s", "reason": "why not"}' % str(uuid.uuid4()).encode(), "reason"),
+        (
+            "quota_released",
+            b'{"bookingId": "%s", "reason": "why not"}' % str(uuid.uuid4()).encode(),
+            "reason",
+        ),
     ],
 )
-def test_malformed_messages_are_named_as_such(event_type: str | None, body: bytes, problem: str) -> None:
+def test_malformed_messages_are_named_as_such(
+    event_type: str | None, body: bytes, problem: str
+) -> None:
     with pytest.raises(MalformedMessage, match=problem):
         contracts.decode(event_type, body)
 
@@ -73,7 +91,12 @@ def test_quota_released_day_is_optional() -> None:
 
 @pytest.mark.parametrize(
     ("value", "valid"),
-    [("0af7651916cd43dd8448eb211c80319c", True), ("0" * 32, False), ("0AF7" * 8, False), ("abc", False)],
+    [
+        ("0af7651916cd43dd8448eb211c80319c", True),
+        ("0" * 32, False),
+        ("0AF7" * 8, False),
+        ("abc", False),
+    ],
 )
 def test_trace_id_shape(value: str, valid: bool) -> None:
     assert contracts.is_trace_id(value) is valid

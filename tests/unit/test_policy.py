@@ -27,7 +27,10 @@ def test_parses_a_custom_resource_spec() -> None:
         "dailyLimit": 5,
         "discountPercent": 15,
         "timeZone": "Europe/Berlin",
-        "eligibility": {"birthday": {"genders": ["Female", "Other"]}, "highValue": {"threshold": 2000}},
+        "eligibility": {
+            "birthday": {"genders": ["Female", "Other"]},
+            "highValue": {"threshold": 2000},
+        },
         "blockedUsers": ["mallory"],
         "cleanup": {"schedule": "*/5 * * * *", "pendingTimeoutSeconds": 600, "suspend": True},
     }
@@ -60,7 +63,9 @@ def test_invalid_policies_are_refused_with_a_readable_reason(spec: dict, problem
     assert problem in describe_error(caught.value)
 
 
-def test_defaults_come_from_the_environment_with_the_reference_names(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_defaults_come_from_the_environment_with_the_reference_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("R2_QUOTA_LIMIT", "7")
     monkeypatch.setenv("BANNED_USER", "eve")
     monkeypatch.setenv("MEDBOOK_DISCOUNT_PERCENT", "20")
@@ -72,6 +77,8 @@ def test_defaults_come_from_the_environment_with_the_reference_names(monkeypatch
     assert [g.value for g in policy.eligibility.birthday.genders] == ["Female", "Other"]
 
 
-@pytest.mark.parametrize("expr", ["* * * * *", "*/5 * * * *", "0 0 * * 0", "0-30/10 1,2 1 1-12 7", "@hourly"])
+@pytest.mark.parametrize(
+    "expr", ["* * * * *", "*/5 * * * *", "0 0 * * 0", "0-30/10 1,2 1 1-12 7", "@hourly"]
+)
 def test_valid_cron_schedules(expr: str) -> None:
     check_cron(expr)

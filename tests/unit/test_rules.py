@@ -55,7 +55,9 @@ def test_female_on_her_birthday_is_eligible() -> None:
 
 @pytest.mark.parametrize("gender", ["Male", "Other"])
 def test_birthday_rule_only_for_configured_genders(gender: str) -> None:
-    assert decide(booking(gender=gender), POLICY, dt.date(2026, 5, 17)).verdict is Verdict.NOT_ELIGIBLE
+    assert (
+        decide(booking(gender=gender), POLICY, dt.date(2026, 5, 17)).verdict is Verdict.NOT_ELIGIBLE
+    )
 
 
 def test_birthday_genders_are_case_insensitive_in_the_policy() -> None:
@@ -74,7 +76,10 @@ def test_each_rule_can_be_switched_off() -> None:
     no_birthday = QuotaPolicy(eligibility=Eligibility(birthday=BirthdayRule(enabled=False)))
     assert decide(booking(), no_birthday, today).verdict is Verdict.NOT_ELIGIBLE
     no_high_value = QuotaPolicy(eligibility=Eligibility(high_value=HighValueRule(enabled=False)))
-    assert decide(booking(gender="Male", price=5000), no_high_value, today).verdict is Verdict.NOT_ELIGIBLE
+    assert (
+        decide(booking(gender="Male", price=5000), no_high_value, today).verdict
+        is Verdict.NOT_ELIGIBLE
+    )
 
 
 def test_blocked_user_wins_over_eligibility() -> None:
@@ -89,9 +94,13 @@ def test_today_is_taken_in_the_policy_time_zone() -> None:
     assert QuotaPolicy().today(just_after_midnight_ist) == dt.date(2026, 5, 17)
     # ...and still 16 May in UTC and in New York.
     assert QuotaPolicy(time_zone="UTC").today(just_after_midnight_ist) == dt.date(2026, 5, 16)
-    assert QuotaPolicy(time_zone="America/New_York").today(just_after_midnight_ist) == dt.date(2026, 5, 16)
+    assert QuotaPolicy(time_zone="America/New_York").today(just_after_midnight_ist) == dt.date(
+        2026, 5, 16
+    )
     # 18:29 UTC is 23:59 in Kolkata: still the 16th there.
-    assert QuotaPolicy().today(dt.datetime(2026, 5, 16, 18, 29, tzinfo=dt.UTC)) == dt.date(2026, 5, 16)
+    assert QuotaPolicy().today(dt.datetime(2026, 5, 16, 18, 29, tzinfo=dt.UTC)) == dt.date(
+        2026, 5, 16
+    )
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,12 @@ import pytest
 from medbook.booking.validation import check_idempotency_key, parse_booking_request, user_id_for
 
 TODAY = dt.date(2026, 11, 24)
-VALID = {"userName": "Asha", "gender": "Female", "dob": "1990-05-17", "serviceNames": ["Blood Test"]}
+VALID = {
+    "userName": "Asha",
+    "gender": "Female",
+    "dob": "1990-05-17",
+    "serviceNames": ["Blood Test"],
+}
 
 
 def test_valid_request_gets_a_stable_user_id_from_the_name() -> None:
@@ -53,7 +58,10 @@ def test_fingerprint_changes_with_the_body() -> None:
         ({"serviceNames": []}, "serviceNames must contain at least 1 elements"),
         ({"serviceNames": "Blood Test"}, "serviceNames must be an array"),
         ({"serviceNames": [1]}, "each value in serviceNames must be a non-empty string"),
-        ({"serviceNames": ["Blood Test", "Blood Test"]}, "serviceNames must not contain the same service twice"),
+        (
+            {"serviceNames": ["Blood Test", "Blood Test"]},
+            "serviceNames must not contain the same service twice",
+        ),
         ({"price": 10}, "property price should not exist"),
         ({"userId": ""}, "userId should not be empty"),
     ],
