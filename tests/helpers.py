@@ -228,3 +228,81 @@ async def running_stack(
         server.should_exit = True
         await server_task
         await redis.aclose()
+
+
+def service_env(infra: Infra, **extra: str) -> dict[str, str]:
+    """The environment of medbook processes run against this test's servers."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MEDBOOK_", "OTEL_"))}
+    env.update(
+        MEDBOOK_DATABASE_URL=infra.database_url,
+        MEDBOOK_REDIS_URL=infra.redis_url,
+        MEDBOOK_RABBITMQ_URL=infra.amqp_url,
+        MEDBOOK_HOST="127.0.0.1",
+        MEDBOOK_METRICS_HOST="127.0.0.1",
+        MEDBOOK_LOG_FORMAT="json",
+        MEDBOOK_POLICY_REFRESH="0.2",
+        MEDBOOK_OUTBOX_POLL_INTERVAL="0.2",
+        MEDBOOK_SHUTDOWN_GRACE="10",
+    )
+    env.update(extra)
+    return env
+
+
+@dataclass
+class ProcessServices:
+    """medbook-booking and medbook-discount as real processes (for signals and crashes)."""
+
+    infra: Infra
+    logs: Any  # Path
+    http_port: int = field(default_factory=port_for.select_random)
+    metrics_port: int = field(default_factory=port_for.select_random)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    booking: Any = None
+    discount: Any = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def _process(self, name: str) -> Any:
+        import sys
+
+        from medbook.devstack.stack import ServiceProcess
+
+        env = service_env(
+            self.infra,
+            MEDBOOK_PORT=str(self.http_port),
+            MEDBOOK_METRICS_PORT=str(self.metrics_port),
+            **self.extra_env,
+        )
+        module = {"booking": "medbook.booking.main", "discount": "medbook.discount.main"}[name]
+        health = (
+            f"{self.api_url}/healthz"
+            if name == "booking"
+            else f"http://127.0.0.1:{self.metrics_port}/healthz"
+        )
+        return ServiceProcess(
+            name, [sys.executable, "-m", module], env, self.logs / f"{name}.log", health
+        )
+
+    def start_booking(self) -> None:
+        self.booking = self._process("booking")
+        self.booking.start()
+        self.booking.wait_healthy()
+
+    def start_discount(self) -> None:
+        self.discount = self._process("discount")
+        self.discount.start()
+        self.discount.wait_healthy()
+
+    def start(self) -> ProcessServices:
+        self.start_booking()
+        self.start_discount()
+        return self
+
+    def stop(self) -> None:
+        for process in (self.discount, self.booking):
+            if process is not None:
+                process.stop(grace=15)

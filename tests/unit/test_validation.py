@@ -50,6 +50,8 @@ def test_fingerprint_changes_with_the_body() -> None:
         ({"userName": None}, "userName should not be empty"),
         ({"userName": "x" * 201}, "userName must be shorter than or equal to 200 characters"),
         ({"gender": "female"}, "gender must be one of the following values: Male, Female, Other"),
+        ({"gender": {}}, "gender must be one of the following values: Male, Female, Other"),
+        ({"gender": ["Female"]}, "gender must be one of the following values: Male, Female, Other"),
         ({"dob": "1990-02-30"}, "dob 1990-02-30 is not a real calendar date"),
         ({"dob": "17/05/1990"}, "dob must be a valid ISO 8601 date string (YYYY-MM-DD)"),
         ({"dob": 19900517}, "dob must be a valid ISO 8601 date string (YYYY-MM-DD)"),

@@ -81,7 +81,7 @@ def parse_booking_request(
         problems.append(f"userName must be shorter than or equal to {MAX_NAME_LENGTH} characters")
 
     gender = body.get("gender")
-    if gender not in {g.value for g in Gender}:
+    if not isinstance(gender, str) or gender not in {g.value for g in Gender}:
         problems.append(GENDER_PROBLEM)
 
     dob = _parse_dob(body.get("dob"), today or dt.datetime.now(dt.UTC).date(), problems)
