@@ -32,6 +32,8 @@ MAX_PENDING_TIMEOUT_SECONDS: Final = 7 * 24 * 3600
 MIN_PENDING_TIMEOUT_SECONDS: Final = 30
 MAX_BLOCKED_USERS: Final = 1000
 MAX_NAME_LENGTH: Final = 200
+MAX_TIME_ZONE_LENGTH: Final = 64
+MAX_SCHEDULE_LENGTH: Final = 100
 
 CRON_FIELD_RANGES: Final = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
 CRON_MACROS: Final = frozenset(
@@ -111,7 +113,7 @@ class Eligibility(_Model):
 class Cleanup(_Model):
     """The timeout sweep: a CronJob in a cluster, a loop in the local dev stack."""
 
-    schedule: str = "* * * * *"
+    schedule: Annotated[str, Field(max_length=MAX_SCHEDULE_LENGTH)] = "* * * * *"
     pending_timeout_seconds: Annotated[
         int, Field(ge=MIN_PENDING_TIMEOUT_SECONDS, le=MAX_PENDING_TIMEOUT_SECONDS)
     ] = Field(default=300, alias="pendingTimeoutSeconds")
@@ -131,7 +133,9 @@ class QuotaPolicy(_Model):
     discount_percent: Annotated[float, Field(ge=0, le=100)] = Field(
         default=12, alias="discountPercent"
     )
-    time_zone: str = Field(default="Asia/Kolkata", alias="timeZone")
+    time_zone: Annotated[str, Field(max_length=MAX_TIME_ZONE_LENGTH)] = Field(
+        default="Asia/Kolkata", alias="timeZone"
+    )
     eligibility: Eligibility = Eligibility()
     blocked_users: Annotated[
         tuple[Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)], ...],
