@@ -12,6 +12,7 @@ tests are all allowed by it.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 from collections.abc import Callable
 from typing import Any, Final
@@ -19,7 +20,7 @@ from typing import Any, Final
 import httpx
 import kopf
 
-from medbook_operator import GROUP, PLURAL, VERSION
+from medbook_operator import GROUP, MANAGER, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +37,24 @@ class ApiError(Exception):
         self.message = message
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("medbook")
+    except importlib.metadata.PackageNotFoundError:
+        return "dev"
+
+
 def _client(info: kopf.ConnectionInfo, timeout: float) -> httpx.AsyncClient:
     verify: Any = True
     if info.server.startswith("https:"):
         verify = info.as_ssl_context()
     return httpx.AsyncClient(
         base_url=info.server,
-        headers={**info.as_http_headers(), "Accept": "application/json"},
+        headers={
+            **info.as_http_headers(),
+            "Accept": "application/json",
+            "User-Agent": f"{MANAGER}/{_version()}",
+        },
         verify=verify,
         timeout=timeout,
         trust_env=info.trust_env,
