@@ -29,7 +29,7 @@ def register(
     resource = (GROUP, VERSION, PLURAL)
     operator_settings = settings  # kopf passes its own settings as `settings` below
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(id="configure", registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         # Only discovery at start: no cluster-wide reads of CRDs or namespaces (no ClusterRole).
         settings.scanning.disabled = True
@@ -50,17 +50,17 @@ def register(
         else:
             settings.peering.standalone = True
 
-    @kopf.on.resume(*resource, registry=registry)
-    @kopf.on.create(*resource, registry=registry)
-    @kopf.on.update(*resource, field="spec", registry=registry)
+    @kopf.on.resume(*resource, id="reconcile", registry=registry)
+    @kopf.on.create(*resource, id="reconcile", registry=registry)
+    @kopf.on.update(*resource, id="reconcile", field="spec", registry=registry)
     async def reconcile(name: str, reason: kopf.Reason, **_: Any) -> None:
         await reconciler.reconcile(name, str(reason.value))
 
-    @kopf.timer(*resource, interval=settings.status_interval, registry=registry)
+    @kopf.timer(*resource, id="status", interval=settings.status_interval, registry=registry)
     async def refresh(name: str, **_: Any) -> None:
         await reconciler.reconcile(name, "timer")
 
-    @kopf.on.delete(*resource, registry=registry)
+    @kopf.on.delete(*resource, id="withdraw", registry=registry)
     async def withdraw(name: str, **_: Any) -> None:
         try:
             await reconciler.withdraw(name)

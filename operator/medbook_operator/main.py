@@ -67,7 +67,7 @@ class QuotaOperator:
         self.registry = kopf.OperatorRegistry()
         register(self.registry, self.reconciler, settings)
 
-        @kopf.on.login(registry=self.registry)
+        @kopf.on.login(id="login", registry=self.registry)
         def login(**_: Any) -> kopf.ConnectionInfo:
             return self.login()
 
@@ -99,11 +99,24 @@ class QuotaOperator:
                 await server.stop()
 
 
+class _QuietStatusTimer(logging.Filter):
+    """Drop kopf's line for every successful status refresh (one per policy every few seconds)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno <= logging.INFO and record.getMessage() == _TIMER_DONE)
+
+
+_TIMER_DONE = "Timer 'status' succeeded."
+
+
 def setup_logging(settings: OperatorSettings) -> None:
     """kopf's formatter (JSON lines carry the object's namespace and name), at our level."""
     log_format = kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL
     kopf.configure(log_format=log_format, log_refkey="object")
-    logging.getLogger().setLevel(settings.log_level.upper())
+    root = logging.getLogger()
+    root.setLevel(settings.log_level.upper())
+    for handler in root.handlers:
+        handler.addFilter(_QuietStatusTimer())
     for noisy in ("aiohttp.access", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -3,7 +3,8 @@
 kmock keeps objects and serves list/watch/get/create/patch/delete over real
 HTTP. This adds what a real API server does and kmock leaves out:
 ``uid``, ``creationTimestamp``, ``resourceVersion`` (bumped on real changes
-only, and checked by JSON-patch ``test`` ops, as kopf uses them),
+only, and checked by JSON-patch ``test`` ops, as kopf uses them: 422 when
+the test fails),
 ``generation`` (bumped on spec changes), ``generateName``, the status
 subresource (``/status`` changes only ``status``; the main resource ignores
 ``status``), a no-op patch that changes nothing, and the QuotaPolicy CRD's
@@ -111,8 +112,8 @@ class ApiServer(kmock.KubernetesEmulator):
             else:
                 new = dict(dicts.merge_patch_dict(copy.deepcopy(old), request.data))
         except jsonpatch.JsonPatchTestFailed as exc:
-            message = f"the object has been modified: {exc}"
-            raise kmock.KubernetesError(409, "Conflict", message) from exc
+            # As the API server answers a failed JSON-patch `test` (kopf retries on 422).
+            raise kmock.KubernetesError(422, "Invalid", f"the test failed: {exc}") from exc
         if request.resource.plural in WITH_STATUS:
             if request.subresource == "status":
                 new = {**old, "status": new.get("status")}

@@ -4,13 +4,20 @@ and, where the policy matters, the real booking service and discount worker.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
 import zoneinfo
 from pathlib import Path
 from typing import Any
 
 import httpx
 import kubernetes_validate
+import port_for
 import yaml
 from redis.asyncio import Redis
 
@@ -342,3 +349,36 @@ async def test_metrics_and_liveness_are_served(
     assert "medbook_operator_policies_published_total" in text
     assert "medbook_operator_errors_total" in text or "medbook_operator_errors" in text
     assert liveness.status_code == 200
+
+
+async def test_the_console_script_logs_json_and_stops_on_sigterm(
+    kubectl: Kubectl, redis_url: str, redis: Redis, tmp_path: Path
+) -> None:
+    log_file = tmp_path / "operator.log"
+    env = {
+        **os.environ,
+        "MEDBOOK_OPERATOR_NAMESPACE": "medbook",
+        "MEDBOOK_OPERATOR_API_SERVER": str(kubectl.http.base_url).rstrip("/"),
+        "MEDBOOK_REDIS_URL": redis_url,
+        "MEDBOOK_OPERATOR_METRICS_PORT": str(port_for.select_random()),
+        "MEDBOOK_OPERATOR_LIVENESS": f"http://127.0.0.1:{port_for.select_random()}/healthz",
+        "MEDBOOK_OPERATOR_STATUS_INTERVAL": "0.5",
+    }
+    with log_file.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "medbook-operator"),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            await kubectl.apply(policy(dailyLimit=4))
+            await kubectl.wait_ready("default", timeout=20)
+            assert (await published(redis) or {})["dailyLimit"] == 4
+        finally:
+            process.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(process.wait(), 20)
+    assert code == 0
+    lines = [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()]
+    assert any("published" in line["message"] for line in lines)
+    assert all({"message", "timestamp", "severity"} <= set(line) for line in lines)
