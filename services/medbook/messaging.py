@@ -260,7 +260,6 @@ class Consumer:
         max_tries: int,
         retry_backoff: float = 0.2,
         unavailable_backoff_max: float = 5.0,
-        on_dead_letter: Handler | None = None,
     ) -> None:
         self.connection = connection
         self.queue_name = queue_name
@@ -270,7 +269,6 @@ class Consumer:
         self.max_tries = max_tries
         self.retry_backoff = retry_backoff
         self.unavailable_backoff_max = unavailable_backoff_max
-        self.on_dead_letter = on_dead_letter
         self.stopping = asyncio.Event()
         self._channel: AbstractChannel | None = None
         self._queue: aio_pika.abc.AbstractQueue | None = None
@@ -410,11 +408,6 @@ class Consumer:
         log.error(
             "dead-lettering %s from %s: %s", message.type or "message", self.queue_name, reason
         )
-        if self.on_dead_letter is not None:
-            try:
-                await self.on_dead_letter(message)
-            except Exception as exc:  # compensation is best effort; the sweep is the backstop
-                log.warning("compensation for a dead letter on %s failed: %r", self.queue_name, exc)
         copy = copy_message(
             message,
             {

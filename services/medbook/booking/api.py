@@ -18,7 +18,14 @@ from medbook import metrics
 from medbook.booking import catalog
 from medbook.booking.errors import ApiError, JSONResponse, ValidationFailed
 from medbook.booking.openapi import openapi_document
-from medbook.booking.store import CancelOutcome, Created, booking_json, history_entry, utcnow
+from medbook.booking.store import (
+    CancelOutcome,
+    Created,
+    CreateRequest,
+    booking_json,
+    history_entry,
+    utcnow,
+)
 from medbook.booking.validation import (
     GENDER_PROBLEM,
     check_idempotency_key,
@@ -26,7 +33,7 @@ from medbook.booking.validation import (
 )
 from medbook.contracts import BookingCreated, BookingStatus, Gender, ServiceItem
 from medbook.messaging import is_unavailable
-from medbook.telemetry import current_trace_id, inject_headers
+from medbook.telemetry import current_trace_id, extract_context, inject_headers, recording
 
 if TYPE_CHECKING:
     from medbook.booking.app import BookingService
@@ -127,8 +134,12 @@ async def create_booking(request: Request) -> Response:
         items.append(ServiceItem(name=item.name, price=item.price))
 
     service = _service(request)
+    await service.admission.admit()
     now = utcnow()
-    with tracer.start_as_current_span("booking.create", kind=trace.SpanKind.INTERNAL) as span:
+    # With tracing on, the ASGI middleware's server span is the parent; with it off, that
+    # middleware is not installed and a caller's traceparent is honoured here.
+    parent = None if recording() else extract_context(request.headers)
+    with tracer.start_as_current_span("booking.create", context=parent) as span:
         booking_id = uuid.uuid4()
         span.set_attribute("medbook.booking_id", str(booking_id))
         event = BookingCreated(
@@ -142,12 +153,14 @@ async def create_booking(request: Request) -> Response:
             trace_id=current_trace_id(),
             created_at=now,
         )
-        outcome = await service.store.create(
-            event,
-            history=[history_entry(now, "Booking Created (Pending)")],
-            headers=inject_headers(),
-            idempotency_key=key,
-            fingerprint=booking.fingerprint(),
+        outcome = await service.creates.submit(
+            CreateRequest(
+                event=event,
+                history=[history_entry(now, "Booking Created (Pending)")],
+                headers=inject_headers(),
+                idempotency_key=key,
+                fingerprint=booking.fingerprint(),
+            )
         )
     if outcome.created is Created.KEY_REUSED:
         raise ApiError(

@@ -21,13 +21,16 @@ from starlette.middleware import Middleware
 
 from medbook import contracts
 from medbook.booking import errors
+from medbook.booking.admission import AdmissionControl
 from medbook.booking.api import ROUTES
+from medbook.booking.batching import GroupCommit
 from medbook.booking.middleware import BearerAuth, HttpMetrics
 from medbook.booking.outbox import OutboxRelay
 from medbook.booking.results import ResultHandler
 from medbook.booking.store import BookingStore, create_database
 from medbook.config import BookingSettings
 from medbook.messaging import Consumer, Publisher, connect, is_unavailable
+from medbook.telemetry import recording
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,9 @@ class BookingService:
             statement_timeout=db.statement_timeout,
         )
         self.store = BookingStore(self.db)
+        # Concurrent creates (and results) share a statement and a commit: see batching.py.
+        self.creates = GroupCommit(self.store.create_many, name="create")
+        self.results = GroupCommit(self.store.apply_results, name="results")
         self.connection: AbstractRobustConnection | None = None
         self.publisher: Publisher | None = None
         self.consumer: Consumer | None = None
@@ -51,6 +57,9 @@ class BookingService:
             lambda: self.publisher,
             batch_size=settings.outbox_batch_size,
             poll_interval=settings.outbox_poll_interval,
+        )
+        self.admission = AdmissionControl(
+            self.store, limit=settings.max_pending, max_wait=settings.admission_wait
         )
         self.stopping = asyncio.Event()
         self._broker_task: asyncio.Task[None] | None = None
@@ -64,6 +73,7 @@ class BookingService:
                 raise
             log.warning("database not reachable yet (%r); requests get 503 until it is", exc)
         self.relay.start()
+        self.admission.start()
         self._broker_task = asyncio.create_task(self._attach_broker(), name="broker-link")
         log.info("booking service started")
 
@@ -83,7 +93,7 @@ class BookingService:
                 self.consumer = Consumer(
                     self.connection,
                     contracts.BOOKING_QUEUE,
-                    ResultHandler(self.store, self.relay.wake),
+                    ResultHandler(self.results.submit, self.relay.wake),
                     publisher=publisher,
                     prefetch=rabbit.prefetch,
                     max_tries=rabbit.max_tries,
@@ -108,6 +118,7 @@ class BookingService:
         if self.consumer is not None:
             await self.consumer.stop(self.settings.shutdown_grace)
         await self.relay.stop()
+        await self.admission.stop()
         if self.publisher is not None:
             await self.publisher.close()
         if self.connection is not None:
@@ -149,14 +160,16 @@ def create_app(settings: BookingSettings, service: BookingService | None = None)
         finally:
             await service.stop()
 
-    middleware = [
-        Middleware(
-            OpenTelemetryMiddleware,
-            excluded_urls="healthz,readyz,metrics",
-            exclude_spans=["receive", "send"],
-        ),
-        Middleware(HttpMetrics),
-    ]
+    middleware = [Middleware(HttpMetrics)]
+    if recording():  # a server span per request only when spans are recorded
+        middleware.insert(
+            0,
+            Middleware(
+                OpenTelemetryMiddleware,
+                excluded_urls="healthz,readyz,metrics",
+                exclude_spans=["receive", "send"],
+            ),
+        )
     if settings.api_token is not None:
         middleware.append(Middleware(BearerAuth, token=settings.api_token.get_secret_value()))
     app = Starlette(

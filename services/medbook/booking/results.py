@@ -10,16 +10,16 @@ the outbox.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aio_pika.abc import AbstractIncomingMessage
 from opentelemetry import trace
 
 from medbook import contracts, metrics
-from medbook.booking.store import BookingStore, ResultOutcome, utcnow
+from medbook.booking.store import ApplyOutcome, ResultOutcome, utcnow
 from medbook.contracts import BookingStatus, DiscountProcessed
 from medbook.messaging import DeadLetter
-from medbook.telemetry import extract_context
+from medbook.telemetry import extract_context, span
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("medbook.booking")
@@ -37,8 +37,12 @@ def outcome_reason(result: DiscountProcessed) -> str:
 
 
 class ResultHandler:
-    def __init__(self, store: BookingStore, wake_relay: Callable[[], None]) -> None:
-        self.store = store
+    def __init__(
+        self,
+        apply: Callable[[DiscountProcessed], Awaitable[ApplyOutcome]],
+        wake_relay: Callable[[], None],
+    ) -> None:
+        self.apply_result = apply
         self.wake_relay = wake_relay
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
@@ -47,7 +51,8 @@ class ResultHandler:
             raise contracts.MalformedMessage(
                 f"{message.type} does not belong on {contracts.BOOKING_QUEUE}"
             )
-        with tracer.start_as_current_span(
+        with span(
+            tracer,
             "booking.apply_result",
             context=extract_context(message.headers),
             kind=trace.SpanKind.CONSUMER,
@@ -59,14 +64,14 @@ class ResultHandler:
             await self.apply(result)
 
     async def apply(self, result: DiscountProcessed) -> None:
-        outcome = await self.store.apply_result(result)
+        outcome = await self.apply_result(result)
         if outcome.outcome is ResultOutcome.APPLIED:
             assert outcome.created_at is not None
             metrics.SAGA_OUTCOMES.labels(result.status.value, outcome_reason(result)).inc()
             metrics.SAGA_DURATION.labels(result.status.value).observe(
                 (utcnow() - outcome.created_at).total_seconds()
             )
-            log.info("booking %s %s", result.booking_id, result.status.value)
+            log.debug("booking %s %s", result.booking_id, result.status.value)
         elif outcome.outcome is ResultOutcome.DUPLICATE:
             metrics.DUPLICATES_DETECTED.labels(contracts.BOOKING_QUEUE).inc()
             log.info("duplicate result for booking %s ignored", result.booking_id)

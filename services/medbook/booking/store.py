@@ -45,17 +45,26 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-_INSERT = """
-WITH booking AS (
+_INSERT_MANY = """
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::date[], $6::jsonb[],
+                         $7::integer[], $8::jsonb[], $9::text[], $10::text[], $11::text[],
+                         $12::timestamptz[], $13::text[], $14::jsonb[])
+        AS t(id, user_id, user_name, gender, dob, services, base_price, history, trace_id,
+             idempotency_key, request_fingerprint, created_at, payload, headers)
+), booking AS (
     INSERT INTO bookings (id, user_id, user_name, gender, dob, services, base_price, status,
                           history, trace_id, idempotency_key, request_fingerprint,
                           created_at, updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, 'PENDING', $8::jsonb, $9, $10, $11, $12, $12)
+    SELECT id, user_id, user_name, gender, dob, services, base_price, 'PENDING', history,
+           trace_id, idempotency_key, request_fingerprint, created_at, created_at
+    FROM input
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING id
 )
 INSERT INTO outbox (event, booking_id, payload, headers, created_at)
-SELECT 'booking_created', id, $13, $14::jsonb, $12 FROM booking
+SELECT 'booking_created', input.id, input.payload, input.headers, input.created_at
+FROM input JOIN booking USING (id)
 RETURNING booking_id
 """
 
@@ -63,12 +72,19 @@ _BY_IDEMPOTENCY_KEY = """
 SELECT id, request_fingerprint, trace_id, status FROM bookings WHERE idempotency_key = $1
 """
 
-_APPLY_RESULT = """
-UPDATE bookings
-SET status = $2, final_price = $3, fail_reason = $4, quota_day = $5, result_id = $6,
-    history = history || $7::jsonb, updated_at = $8, completed_at = $8
-WHERE id = $1 AND status = 'PENDING'
-RETURNING created_at
+_APPLY_RESULTS = """
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::integer[], $4::text[], $5::date[],
+                         $6::uuid[], $7::jsonb[])
+        AS t(id, status, final_price, fail_reason, quota_day, result_id, history)
+)
+UPDATE bookings AS b
+SET status = i.status, final_price = i.final_price, fail_reason = i.fail_reason,
+    quota_day = i.quota_day, result_id = i.result_id, history = b.history || i.history,
+    updated_at = $8, completed_at = $8
+FROM input AS i
+WHERE b.id = i.id AND b.status = 'PENDING'
+RETURNING b.id, b.created_at
 """
 
 _RECORD_LATE_RESULT = """
@@ -87,6 +103,15 @@ class Created(StrEnum):
     NEW = "new"
     REPLAYED = "replayed"
     KEY_REUSED = "key_reused"
+
+
+@dataclass(frozen=True, slots=True)
+class CreateRequest:
+    event: BookingCreated
+    history: Sequence[str]
+    headers: Mapping[str, str]
+    idempotency_key: str | None
+    fingerprint: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,53 +220,58 @@ class BookingStore:
     async def ping(self) -> None:
         await self.db.fetch_val("SELECT 1")
 
+    async def count_pending(self) -> int:
+        return int(
+            await self.db.fetch_val("SELECT count(*) FROM bookings WHERE status = 'PENDING'")
+        )
+
     # -- create --------------------------------------------------------------------
 
-    async def create(
-        self,
-        event: BookingCreated,
-        *,
-        history: Sequence[str],
-        headers: Mapping[str, str],
-        idempotency_key: str | None,
-        fingerprint: str,
-    ) -> CreateOutcome:
-        services = orjson.dumps([s.model_dump() for s in event.services]).decode()
-        payload = contracts.encode(event).decode()
+    async def create_many(self, requests: Sequence[CreateRequest]) -> list[CreateOutcome]:
+        """Insert bookings with their ``booking_created`` outbox rows, in one statement.
+
+        A request whose Idempotency-Key is already taken is answered with the
+        booking that holds the key (a replay, or a key reused with another body).
+        """
+        columns: list[list[Any]] = [[] for _ in range(14)]
+        for r in requests:
+            e = r.event
+            values = (
+                e.booking_id, e.user_id, e.user_name, e.gender.value, e.dob,
+                orjson.dumps([s.model_dump() for s in e.services]).decode(), e.base_price,
+                orjson.dumps(list(r.history)).decode(), e.trace_id, r.idempotency_key,
+                r.fingerprint if r.idempotency_key else None, e.created_at,
+                contracts.encode(e).decode(), orjson.dumps(dict(r.headers)).decode(),
+            )  # fmt: skip
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
         async with self.raw() as conn:
-            for _ in range(3):
-                inserted = await conn.fetchval(
-                    _INSERT,
-                    event.booking_id,
-                    event.user_id,
-                    event.user_name,
-                    event.gender.value,
-                    event.dob,
-                    services,
-                    event.base_price,
-                    orjson.dumps(list(history)).decode(),
-                    event.trace_id,
-                    idempotency_key,
-                    fingerprint if idempotency_key else None,
-                    event.created_at,
-                    payload,
-                    orjson.dumps(dict(headers)).decode(),
-                )
-                if inserted is not None:
-                    return CreateOutcome(
-                        Created.NEW, event.booking_id, event.trace_id, BookingStatus.PENDING
+            inserted = {row["booking_id"] for row in await conn.fetch(_INSERT_MANY, *columns)}
+            outcomes = []
+            for r in requests:
+                if r.event.booking_id in inserted:
+                    outcomes.append(
+                        CreateOutcome(
+                            Created.NEW, r.event.booking_id, r.event.trace_id, BookingStatus.PENDING
+                        )
                     )
-                existing = await conn.fetchrow(_BY_IDEMPOTENCY_KEY, idempotency_key)
-                if existing is None:  # the holder of the key was purged meanwhile: try again
-                    continue
-                same = existing["request_fingerprint"] == fingerprint
-                return CreateOutcome(
-                    Created.REPLAYED if same else Created.KEY_REUSED,
-                    existing["id"],
-                    existing["trace_id"],
-                    BookingStatus(existing["status"]),
-                )
-        raise RuntimeError("could not create the booking: its Idempotency-Key kept conflicting")
+                else:
+                    outcomes.append(await self._existing_for_key(conn, r))
+            return outcomes
+
+    async def _existing_for_key(
+        self, conn: asyncpg.Connection, request: CreateRequest
+    ) -> CreateOutcome:
+        existing = await conn.fetchrow(_BY_IDEMPOTENCY_KEY, request.idempotency_key)
+        if existing is None:  # the holder of the key was purged meanwhile: insert again
+            return (await self.create_many([request]))[0]
+        same = existing["request_fingerprint"] == request.fingerprint
+        return CreateOutcome(
+            Created.REPLAYED if same else Created.KEY_REUSED,
+            existing["id"],
+            existing["trace_id"],
+            BookingStatus(existing["status"]),
+        )
 
     # -- read ----------------------------------------------------------------------
 
@@ -255,24 +285,30 @@ class BookingStore:
 
     # -- results -------------------------------------------------------------------
 
-    async def apply_result(self, result: DiscountProcessed) -> ApplyOutcome:
-        """Apply a result to a PENDING booking, or record it as late (releasing its unit)."""
+    async def apply_results(self, results: Sequence[DiscountProcessed]) -> list[ApplyOutcome]:
+        """Apply results to PENDING bookings in one statement; the rest are late or repeats."""
         now = utcnow()
+        columns: list[list[Any]] = [[] for _ in range(7)]
+        for r in results:
+            values = (
+                r.booking_id, r.status.value, r.final_price, r.reason, r.quota_day, r.result_id,
+                orjson.dumps(result_history(r, now)).decode(),
+            )  # fmt: skip
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
         async with self.raw() as conn:
-            created_at = await conn.fetchval(
-                _APPLY_RESULT,
-                result.booking_id,
-                result.status.value,
-                result.final_price,
-                result.reason,
-                result.quota_day,
-                result.result_id,
-                orjson.dumps(result_history(result, now)).decode(),
-                now,
-            )
-            if created_at is not None:
-                return ApplyOutcome(ResultOutcome.APPLIED, created_at=created_at)
-            return await self._late_result(conn, result, now)
+            rows = await conn.fetch(_APPLY_RESULTS, *columns, now)
+            # A booking listed twice in the batch (a duplicate delivery) is applied once;
+            # its second result takes the late path and is recognised there as a repeat.
+            applied = {row["id"]: row["created_at"] for row in rows}
+            outcomes = []
+            for r in results:
+                created_at = applied.pop(r.booking_id, None)
+                if created_at is not None:
+                    outcomes.append(ApplyOutcome(ResultOutcome.APPLIED, created_at=created_at))
+                else:
+                    outcomes.append(await self._late_result(conn, r, now))
+            return outcomes
 
     async def _late_result(
         self, conn: asyncpg.Connection, result: DiscountProcessed, now: dt.datetime

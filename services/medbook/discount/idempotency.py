@@ -12,12 +12,21 @@ waits in the broker.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
 from redis.asyncio import Redis
+
+from medbook.discount.quota import (
+    DAY_TTL_SECONDS,
+    RESERVE_FUNCTION,
+    counter_key,
+    members_key,
+    reservation_key,
+)
 
 RECORD_PREFIX: Final = "discount_processed:"
 
@@ -45,15 +54,36 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return {state or 'new', false, attempts}
 """
 
-# KEYS: record. ARGV: result, now (ISO), ttl. Returns the result in force (the first stored).
-_COMPLETE = """
+# Stores the booking's result, reserving its quota unit in the same atomic step
+# when it is eligible, so there is never a unit held without its result recorded.
+# KEYS: record, counter, members, reservation (the last three only when reserving).
+# ARGV: result (or the result if granted), now (ISO), ttl, reserve ('0'/'1'),
+#       [result if denied, booking id, limit, day ttl, day].
+# Returns {result in force, granted (1/0, -1 when already done), count (-1 if no reservation)}.
+_COMPLETE = (
+    RESERVE_FUNCTION
+    + """
 if redis.call('HGET', KEYS[1], 'state') == 'done' then
-  return redis.call('HGET', KEYS[1], 'result')
+  return {redis.call('HGET', KEYS[1], 'result'), -1, -1}
 end
-redis.call('HSET', KEYS[1], 'state', 'done', 'result', ARGV[1], 'doneAt', ARGV[2])
+local result, granted, used = ARGV[1], 1, -1
+if ARGV[4] == '1' then
+  granted, used = reserve(KEYS[2], KEYS[3], KEYS[4], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+  if granted == 0 then result = ARGV[5] end
+end
+redis.call('HSET', KEYS[1], 'state', 'done', 'result', result, 'doneAt', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-return ARGV[1]
+return {result, granted, used}
 """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    result: bytes  # the result in force (published as is)
+    fresh: bool  # stored now (False: another delivery stored one first)
+    granted: bool | None  # the reservation's outcome, when one was made now
+    used: int | None  # the day's count after it
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +106,36 @@ class IdempotencyStore:
         )
         return Claim(RecordState(_text(state)), result or None, int(attempts))
 
-    async def complete(self, booking_id: uuid.UUID, result: bytes, now: str) -> bytes:
+    async def complete(self, booking_id: uuid.UUID, result: bytes, now: str) -> Completion:
         """Store the result unless one is stored already; return the one in force."""
-        stored = await self._complete(keys=[record_key(booking_id)], args=[result, now, self.ttl])
-        return bytes(stored)
+        stored, granted, _ = await self._complete(
+            keys=[record_key(booking_id)], args=[result, now, self.ttl, "0"]
+        )
+        return Completion(bytes(stored), int(granted) != -1, None, None)
+
+    async def reserve_and_complete(
+        self,
+        booking_id: uuid.UUID,
+        *,
+        day: dt.date,
+        limit: int,
+        if_granted: bytes,
+        if_denied: bytes,
+        now: str,
+    ) -> Completion:
+        """Reserve the day's unit for this booking and store the matching result, atomically."""
+        keys = [record_key(booking_id), counter_key(day), members_key(day)]
+        keys.append(reservation_key(booking_id))
+        args = [if_granted, now, self.ttl, "1", if_denied, str(booking_id), limit]
+        args += [DAY_TTL_SECONDS, day.isoformat()]
+        stored, granted, used = await self._complete(keys=keys, args=args)
+        fresh = int(granted) != -1
+        return Completion(
+            bytes(stored),
+            fresh,
+            bool(int(granted)) if fresh else None,
+            int(used) if fresh else None,
+        )
 
     async def state(self, booking_id: uuid.UUID) -> RecordState:
         state = await self.redis.hget(record_key(booking_id), "state")

@@ -37,23 +37,35 @@ def reservation_key(booking_id: uuid.UUID | str) -> str:
     return f"{RESERVATION_PREFIX}{booking_id}"
 
 
-# KEYS: counter, members, reservation. ARGV: booking id, limit, ttl, day.
-# Returns {granted (0/1), count after, already held (0/1)}.
-_RESERVE = """
-if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
-  return {1, tonumber(redis.call('GET', KEYS[1]) or '0'), 1}
+# The reservation itself, as a Lua function that other scripts embed (the
+# discount worker reserves and records its result in one script: idempotency.py).
+# Returns granted (0/1), the count after, already held (0/1).
+RESERVE_FUNCTION = """
+local function reserve(counter, members, reservation, booking, limit, ttl, day)
+  if redis.call('SISMEMBER', members, booking) == 1 then
+    return 1, tonumber(redis.call('GET', counter) or '0'), 1
+  end
+  local used = tonumber(redis.call('GET', counter) or '0')
+  if used >= tonumber(limit) then
+    return 0, used, 0
+  end
+  redis.call('SADD', members, booking)
+  used = redis.call('INCR', counter)
+  if redis.call('TTL', counter) < 0 then redis.call('EXPIRE', counter, ttl) end
+  if redis.call('TTL', members) < 0 then redis.call('EXPIRE', members, ttl) end
+  redis.call('SET', reservation, day, 'EX', ttl)
+  return 1, used, 0
 end
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-if used >= tonumber(ARGV[2]) then
-  return {0, used, 0}
-end
-redis.call('SADD', KEYS[2], ARGV[1])
-used = redis.call('INCR', KEYS[1])
-if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
-if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
-redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[3])
-return {1, used, 0}
 """
+
+# KEYS: counter, members, reservation. ARGV: booking id, limit, ttl, day.
+_RESERVE = (
+    RESERVE_FUNCTION
+    + """
+local granted, used, held = reserve(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+return {granted, used, held}
+"""
+)
 
 # KEYS: reservation. ARGV: booking id, day hint ('' if unknown), counter prefix.
 # Returns the day released from, or false when no unit was held.

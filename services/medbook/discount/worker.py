@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from opentelemetry import trace
@@ -35,7 +36,7 @@ from medbook.discount.idempotency import IdempotencyStore, RecordState
 from medbook.discount.policy import PolicySource, PolicyStore, QuotaPolicy
 from medbook.discount.quota import QuotaStore
 from medbook.messaging import Consumer, Publisher, connect
-from medbook.telemetry import extract_context, inject_headers
+from medbook.telemetry import extract_context, inject_headers, span
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("medbook.discount")
@@ -43,6 +44,13 @@ tracer = trace.get_tracer("medbook.discount")
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    result: bytes  # the result to publish (the one stored)
+    fresh: bool  # stored by this delivery
+    result_id: uuid.UUID | None  # its id, when this delivery made it
 
 
 class DiscountWorker:
@@ -85,7 +93,6 @@ class DiscountWorker:
             publisher=self.publisher,
             prefetch=self.settings.rabbit.prefetch,
             max_tries=self.settings.rabbit.max_tries,
-            on_dead_letter=self.compensate_dead_letter,
         )
         await self.consumer.start()
         self._gauges = asyncio.create_task(self._refresh_gauges(), name="quota-gauges")
@@ -125,7 +132,8 @@ class DiscountWorker:
         event = contracts.decode(message.type, message.body)
         parent = extract_context(message.headers)
         if isinstance(event, BookingCreated):
-            with tracer.start_as_current_span(
+            with span(
+                tracer,
                 "discount.process",
                 context=parent,
                 kind=trace.SpanKind.CONSUMER,
@@ -133,7 +141,8 @@ class DiscountWorker:
             ):
                 await self.process_booking(event)
         elif isinstance(event, QuotaReleased):
-            with tracer.start_as_current_span(
+            with span(
+                tracer,
                 "discount.release",
                 context=parent,
                 kind=trace.SpanKind.CONSUMER,
@@ -161,14 +170,16 @@ class DiscountWorker:
                 booking.booking_id,
                 claim.attempts,
             )
-        result = await self.decide(booking, now)
-        stored = await self.records.complete(
-            booking.booking_id, contracts.encode(result), _now().isoformat()
-        )
-        await self._publish_result(stored)
+        completion = await self.decide(booking, now)
+        if completion.fresh:
+            await self._publish_result(completion.result, result_id=completion.result_id)
+        else:  # a concurrent delivery stored its result first: publish that one
+            metrics.DUPLICATES_DETECTED.labels(contracts.DISCOUNT_QUEUE).inc()
+            await self._publish_result(completion.result)
         metrics.DISCOUNT_PROCESSING.observe(time.perf_counter() - started)
 
-    async def decide(self, booking: BookingCreated, now: dt.datetime) -> DiscountProcessed:
+    async def decide(self, booking: BookingCreated, now: dt.datetime) -> Decided:
+        """Apply the rules, reserve a unit when eligible, and store the result (one Redis call)."""
         policy = self.policy.current
         today = policy.today(now)
         steps = [
@@ -179,66 +190,90 @@ class DiscountWorker:
             )
         ]
         decision = rules.decide(booking, policy, today)
-        status, final_price, reason, quota_day = (
-            BookingStatus.CONFIRMED,
-            booking.base_price,
-            None,
-            None,
-        )
-        if decision.verdict is rules.Verdict.BLOCKED:
-            status, final_price, reason, outcome = (
-                BookingStatus.REJECTED,
-                None,
-                decision.why,
-                "blocked",
-            )
-        elif decision.verdict is rules.Verdict.NOT_ELIGIBLE:
-            steps.append(
-                SagaStep(
-                    state=SagaState.NO_DISCOUNT,
-                    message=f"Not eligible for a discount; price {booking.base_price}",
-                    at=_now(),
+        if decision.verdict is not rules.Verdict.ELIGIBLE:
+            if decision.verdict is rules.Verdict.BLOCKED:
+                result, outcome = (
+                    self._result(booking, BookingStatus.REJECTED, steps, reason=decision.why),
+                    "blocked",
                 )
-            )
-            outcome = "no_discount"
-        else:
-            steps.append(
-                SagaStep(
-                    state=SagaState.CHECKING_QUOTA,
-                    message=f"Eligible ({decision.why}); checking the daily quota for {today}",
-                    at=_now(),
-                )
-            )
-            reservation = await self.quota.reserve(booking.booking_id, today, policy.daily_limit)
-            metrics.QUOTA_USED.set(reservation.used)
-            metrics.QUOTA_LIMIT.set(policy.daily_limit)
-            if reservation.granted:
-                final_price = rules.discounted_price(booking.base_price, policy.discount_percent)
-                quota_day = today
+            else:
                 steps.append(
                     SagaStep(
-                        state=SagaState.APPLYING_DISCOUNT,
-                        message=f"Applying {policy.discount_percent:g}% discount: "
-                        f"{booking.base_price} -> {final_price} "
-                        f"(quota {reservation.used}/{policy.daily_limit})",
+                        state=SagaState.NO_DISCOUNT,
                         at=_now(),
+                        message=f"Not eligible for a discount; price {booking.base_price}",
                     )
                 )
-                outcome = "discounted"
-            else:
-                status, final_price, reason = (
-                    BookingStatus.REJECTED,
-                    None,
-                    contracts.QUOTA_EXHAUSTED_REASON,
+                result = self._result(
+                    booking, BookingStatus.CONFIRMED, steps, price=booking.base_price
                 )
-                outcome = "quota_exhausted"
-        metrics.DISCOUNT_DECISIONS.labels(outcome).inc()
+                outcome = "no_discount"
+            completion = await self.records.complete(
+                booking.booking_id, contracts.encode(result), _now().isoformat()
+            )
+            metrics.DISCOUNT_DECISIONS.labels(outcome).inc()
+            return Decided(completion.result, completion.fresh, result.result_id)
+
+        steps.append(
+            SagaStep(
+                state=SagaState.CHECKING_QUOTA,
+                at=_now(),
+                message=f"Eligible ({decision.why}); checking the daily quota for {today}",
+            )
+        )
+        price = rules.discounted_price(booking.base_price, policy.discount_percent)
+        granted = self._result(
+            booking,
+            BookingStatus.CONFIRMED,
+            [
+                *steps,
+                SagaStep(
+                    state=SagaState.APPLYING_DISCOUNT,
+                    at=_now(),
+                    message=f"Applying {policy.discount_percent:g}% discount: "
+                    f"{booking.base_price} -> {price}",
+                ),
+            ],
+            price=price,
+            quota_day=today,
+        )
+        denied = self._result(
+            booking, BookingStatus.REJECTED, steps, reason=contracts.QUOTA_EXHAUSTED_REASON
+        )
+        completion = await self.records.reserve_and_complete(
+            booking.booking_id,
+            day=today,
+            limit=policy.daily_limit,
+            if_granted=contracts.encode(granted),
+            if_denied=contracts.encode(denied),
+            now=_now().isoformat(),
+        )
+        if completion.used is not None:
+            metrics.QUOTA_USED.set(completion.used)
+            metrics.QUOTA_LIMIT.set(policy.daily_limit)
+        if completion.granted is not None:
+            metrics.DISCOUNT_DECISIONS.labels(
+                "discounted" if completion.granted else "quota_exhausted"
+            ).inc()
+        chosen = granted if completion.granted else denied
+        return Decided(completion.result, completion.fresh, chosen.result_id)
+
+    @staticmethod
+    def _result(
+        booking: BookingCreated,
+        status: BookingStatus,
+        steps: list[SagaStep],
+        *,
+        price: int | None = None,
+        reason: str | None = None,
+        quota_day: dt.date | None = None,
+    ) -> DiscountProcessed:
         return DiscountProcessed(
             booking_id=booking.booking_id,
             result_id=uuid.uuid4(),
             is_allowed=status is BookingStatus.CONFIRMED,
             status=status,
-            final_price=final_price,
+            final_price=price,
             reason=reason,
             quota_day=quota_day,
             steps=tuple(steps),
@@ -246,15 +281,15 @@ class DiscountWorker:
             processed_at=_now(),
         )
 
-    async def _publish_result(self, body: bytes) -> None:
+    async def _publish_result(self, body: bytes, result_id: uuid.UUID | None = None) -> None:
         assert self.publisher is not None
-        result = DiscountProcessed.model_validate_json(body)
+        if result_id is None:
+            result_id = DiscountProcessed.model_validate_json(body).result_id
         await self.publisher.publish(
             Event.DISCOUNT_PROCESSED,
             body,
             headers=inject_headers(),
-            message_id=str(result.result_id),
-            correlation_id=str(result.booking_id),
+            message_id=str(result_id),
         )
         metrics.MESSAGES_PUBLISHED.labels(Event.DISCOUNT_PROCESSED.value).inc()
 
@@ -273,25 +308,6 @@ class DiscountWorker:
         )
         if day == self.policy.current.today():
             metrics.QUOTA_USED.set(await self.quota.used(day))
-
-    async def compensate_dead_letter(self, message: AbstractIncomingMessage) -> None:
-        """A booking_created given up on: give back a unit it reserved without a stored result."""
-        if message.type != Event.BOOKING_CREATED.value:
-            return
-        try:
-            booking = BookingCreated.model_validate_json(message.body)
-        except ValueError:
-            return
-        if await self.records.state(booking.booking_id) is RecordState.DONE:
-            return
-        day = await self.quota.release(booking.booking_id)
-        if day is not None:
-            metrics.QUOTA_RELEASED.labels("dead_letter").inc()
-            log.warning(
-                "[%s] released the quota unit of dead-lettered booking %s",
-                SagaState.COMPENSATING.value,
-                booking.booking_id,
-            )
 
     async def _refresh_gauges(self) -> None:
         while True:
