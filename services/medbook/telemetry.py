@@ -9,19 +9,22 @@ ids and drops the spans: that is "tracing off" in the benchmark.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from medbook.config import TelemetrySettings
 
@@ -108,8 +111,17 @@ def exporter_configured() -> bool:
     )
 
 
+_recording = False
+
+
+def recording() -> bool:
+    """Are spans recorded (an exporter or an explicit sampler is configured)?"""
+    return _recording
+
+
 def setup_tracing(service: str) -> TracerProvider:
     """Install the SDK tracer provider (once per process) and return it."""
+    global _recording
     current = trace.get_tracer_provider()
     if isinstance(current, TracerProvider):
         return current
@@ -119,13 +131,48 @@ def setup_tracing(service: str) -> TracerProvider:
             "service.namespace": "medbook",
         }
     )
-    provider = TracerProvider(resource=resource)
+    sampler = None  # None: the SDK reads OTEL_TRACES_SAMPLER (default: parent-based, always on)
+    if not exporter_configured() and "OTEL_TRACES_SAMPLER" not in os.environ:
+        # Nobody would receive the spans: keep real ids and propagation, skip the recording.
+        sampler = ALWAYS_OFF
+    provider = TracerProvider(resource=resource, sampler=sampler)
+    _recording = sampler is None and os.environ.get("OTEL_TRACES_SAMPLER", "") != "always_off"
     if exporter_configured():
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     return provider
+
+
+@contextlib.contextmanager
+def span(
+    tracer: trace.Tracer,
+    name: str,
+    *,
+    context: Context | None = None,
+    kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+    attributes: Mapping[str, Any] | None = None,
+) -> Iterator[trace.Span]:
+    """A span when spans are recorded; otherwise only the parent's context, made current.
+
+    Either way the trace id flows on (into logs and into the headers of the
+    messages published inside), but with tracing off no span is created for
+    each step of each booking.
+    """
+    if _recording:
+        with tracer.start_as_current_span(
+            name, context=context, kind=kind, attributes=attributes
+        ) as s:
+            yield s
+    elif context is not None:
+        token = otel_context.attach(context)
+        try:
+            yield trace.get_current_span()
+        finally:
+            otel_context.detach(token)
+    else:
+        yield trace.get_current_span()
 
 
 def inject_headers(context: Context | None = None) -> dict[str, str]:

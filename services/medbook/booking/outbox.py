@@ -25,7 +25,7 @@ from medbook import metrics
 from medbook.booking.store import BookingStore, utcnow
 from medbook.contracts import Event
 from medbook.messaging import Publisher, is_unavailable
-from medbook.telemetry import extract_context, inject_headers
+from medbook.telemetry import extract_context, inject_headers, recording, span
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("medbook.booking")
@@ -44,11 +44,15 @@ class OutboxRelay:
         *,
         batch_size: int,
         poll_interval: float,
+        concurrency: int = 4,
     ) -> None:
         self.store = store
         self.publisher = publisher
         self.batch_size = batch_size
         self.poll_interval = poll_interval
+        self.concurrency = concurrency
+        self._delay = 0.1
+        self._backing_off = False
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -74,24 +78,40 @@ class OutboxRelay:
                 await task
 
     async def _run(self) -> None:
-        delay = 0.1
+        """On each wake-up (or poll), start a drain unless ``concurrency`` are running already.
+
+        Several drains at once (each takes different rows, SKIP LOCKED) let new rows
+        go out while another batch still waits for its confirms and its commit.
+        """
+        drains: set[asyncio.Task[None]] = set()
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
             self._wake.clear()
             if self._stopping.is_set():
-                return
-            try:
-                await self.drain()
-                delay = 0.1
-            except Exception as exc:
-                if is_unavailable(exc):
-                    log.warning("outbox relay: %r; retrying in %.1fs", exc, delay)
-                else:
-                    log.exception("outbox relay failed; retrying in %.1fs", delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
-                delay = min(delay * 2, 5.0)
+                break
+            if len(drains) < self.concurrency and not self._backing_off:
+                task = asyncio.create_task(self._drain_once())
+                drains.add(task)
+                task.add_done_callback(drains.discard)
+        if drains:
+            await asyncio.gather(*drains, return_exceptions=True)
+
+    async def _drain_once(self) -> None:
+        try:
+            await self.drain()
+            self._delay = 0.1
+        except Exception as exc:
+            if is_unavailable(exc):
+                log.warning("outbox relay: %r; retrying in %.1fs", exc, self._delay)
+            else:
+                log.exception("outbox relay failed; retrying in %.1fs", self._delay)
+            self._backing_off = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._delay)
+            self._backing_off = False
+            self._delay = min(self._delay * 2, 5.0)
+            self._wake.set()
 
     async def drain(self) -> int:
         """Publish until the outbox is empty (or the broker is away); returns rows published."""
@@ -132,15 +152,18 @@ class OutboxRelay:
         event = Event(row["event"])
         stored = row["headers"]
         stored = orjson.loads(stored) if isinstance(stored, str) else dict(stored)
-        # The event continues the trace of the request that committed it.
-        with tracer.start_as_current_span(
-            f"{event.value} publish", context=extract_context(stored), kind=trace.SpanKind.PRODUCER
+        # The event continues the trace of the request that committed it. With tracing
+        # off, the stored context already is the right parent for the consumer.
+        with span(
+            tracer,
+            f"{event.value} publish",
+            context=extract_context(stored),
+            kind=trace.SpanKind.PRODUCER,
         ):
+            if recording():
+                stored = {**stored, **inject_headers()}
             await publisher.publish(
-                event,
-                row["payload"].encode(),
-                headers={**stored, **inject_headers()},
-                message_id=f"outbox-{row['id']}",
+                event, row["payload"].encode(), headers=stored, message_id=f"outbox-{row['id']}"
             )
         metrics.MESSAGES_PUBLISHED.labels(event.value).inc()
 

@@ -591,7 +591,9 @@ class RabbitMQServer(_Server):
             "RABBITMQ_CONFIG_FILE": str(data / "rabbitmq"),
             "RABBITMQ_ADVANCED_CONFIG_FILE": str(data / "advanced.config"),
             "RABBITMQ_CONF_ENV_FILE": str(data / "rabbitmq-env.conf"),
-            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}"
+            # No busy-waiting schedulers: on a shared box spinning steals CPU from the rest.
+            " +sbwt none +sbwtdcpu none +sbwtdio none",
             "ERL_CRASH_DUMP": str(data / "log" / "erl_crash.dump"),
         }
 
