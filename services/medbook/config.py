@@ -174,6 +174,18 @@ class BookingSettings(_Settings):
     shutdown_grace: float = Field(
         default=20.0, gt=0, validation_alias=_env("MEDBOOK_SHUTDOWN_GRACE")
     )
+    max_pending: int = Field(
+        default=64,
+        ge=0,
+        validation_alias=_env("MEDBOOK_MAX_PENDING"),
+        description="Saga backlog (PENDING bookings) over which creates wait; 0: no limit.",
+    )
+    admission_wait: float = Field(
+        default=1.0,
+        ge=0,
+        validation_alias=_env("MEDBOOK_ADMISSION_WAIT"),
+        description="Longest a create waits for the backlog to drain (then it goes on).",
+    )
     database: PostgresSettings = Field(default_factory=PostgresSettings)
     rabbit: RabbitSettings = Field(default_factory=RabbitSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)

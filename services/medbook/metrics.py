@@ -138,6 +138,12 @@ OLDEST_PENDING_AGE = Gauge(
     "Age of the oldest booking still PENDING (0 when none).",
     registry=BOOKING,
 )
+ADMISSION_WAIT = Histogram(
+    "medbook_admission_wait_seconds",
+    "Time a create request waited for the saga's backlog to drain (admission control).",
+    buckets=LATENCY_BUCKETS,
+    registry=BOOKING,
+)
 PENDING_BOOKINGS = Gauge(
     "medbook_pending_bookings", "Bookings currently PENDING.", registry=BOOKING
 )
