@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from medbook.cli import dev
+from medbook.cli import bench, dev
 
 app = typer.Typer(
     name="medbook",
@@ -25,6 +25,7 @@ def main() -> None:
 
 
 app.command("dev")(dev.dev)
+app.command("bench")(bench.bench)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,435 @@
+"""The load engine behind ``medbook bench`` and ``medbook load``: one implementation.
+
+It sends N bookings with C concurrent users (optionally ramped up), from a
+reproducible seeded mix, then waits for every booking to leave PENDING and
+measures what happened, server-side where it matters:
+
+- create throughput and latency (client-side: the HTTP round trip);
+- saga throughput: bookings reaching a final status per second, and the
+  end-to-end latency created -> final, both from the timestamps the booking
+  service stored (``createdAt``/``completedAt``), so the load generator's own
+  scheduling does not distort them;
+- outcomes by status and reason, HTTP errors, and every booking still PENDING
+  at the end (stuck) with its id;
+- peak RSS of each service (sampled from their ``/metrics``) and the load
+  generator's own CPU use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import random
+import resource
+import statistics
+import time
+import zoneinfo
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import aiohttp
+
+TERMINAL = frozenset({"CONFIRMED", "REJECTED", "CANCELLED"})
+
+# name: weight in the default mix
+DEFAULT_MIX: dict[str, float] = {"birthday": 0.4, "high_value": 0.2, "plain": 0.35, "blocked": 0.05}
+KINDS = ("birthday", "high_value", "plain", "blocked", "male")
+
+
+@dataclass(frozen=True)
+class LoadProfile:
+    bookings: int
+    concurrency: int
+    ramp_up: float = 0.0
+    mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
+    seed: int = 42
+    settle_timeout: float = 120.0
+    time_zone: str = "Asia/Kolkata"
+    blocked_user: str = "fail_test_user"
+
+
+def _parse_time(value: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def booking_bodies(profile: LoadProfile) -> list[tuple[str, dict[str, Any]]]:
+    """The run's requests, the same for the same seed and profile."""
+    rng = random.Random(profile.seed)
+    kinds = [k for k in profile.mix if profile.mix[k] > 0]
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(
+            f"unknown booking kind(s) in the mix: {', '.join(sorted(unknown))} "
+            f"(known: {', '.join(KINDS)})"
+        )
+    weights = [profile.mix[k] for k in kinds]
+    today = dt.datetime.now(zoneinfo.ZoneInfo(profile.time_zone)).date()
+    birthday = (
+        today.replace(year=1992)
+        if (today.month, today.day) == (2, 29)
+        else today.replace(year=1990)
+    )
+    other_day = (today + dt.timedelta(days=100)).replace(year=1985)
+    bodies = []
+    for i in range(profile.bookings):
+        kind = rng.choices(kinds, weights)[0]
+        user = f"load-{profile.seed}-{i % 997}"
+        if kind == "birthday":
+            body = {
+                "userName": user,
+                "gender": "Female",
+                "dob": birthday.isoformat(),
+                "serviceNames": ["Blood Test", "Vaccination"],
+            }
+        elif kind == "high_value":
+            body = {
+                "userName": user,
+                "gender": rng.choice(["Male", "Female", "Other"]),
+                "dob": other_day.isoformat(),
+                "serviceNames": ["MRI Scan"],
+            }
+        elif kind == "blocked":
+            body = {
+                "userName": profile.blocked_user,
+                "gender": "Male",
+                "dob": other_day.isoformat(),
+                "serviceNames": ["X-Ray"],
+            }
+        elif kind == "male":
+            body = {
+                "userName": user,
+                "gender": "Male",
+                "dob": birthday.isoformat(),
+                "serviceNames": ["General Consultation"],
+            }
+        else:
+            body = {
+                "userName": user,
+                "gender": rng.choice(["Male", "Female", "Other"]),
+                "dob": other_day.isoformat(),
+                "serviceNames": ["General Consultation", "Blood Test"],
+            }
+        bodies.append((kind, body))
+    return bodies
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None, "max": None}
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return {"p50": ordered[0], "p95": ordered[0], "p99": ordered[0], "max": ordered[0]}
+    q = statistics.quantiles(ordered, n=100, method="inclusive")
+    return {"p50": q[49], "p95": q[94], "p99": q[98], "max": ordered[-1]}
+
+
+@dataclass
+class BookingOutcome:
+    booking_id: str
+    kind: str
+    status: str = "PENDING"
+    reason: str | None = None
+    base_price: int | None = None
+    final_price: int | None = None
+    created_at: dt.datetime | None = None
+    completed_at: dt.datetime | None = None
+
+
+def outcome_reason(outcome: BookingOutcome) -> str:
+    if outcome.status == "CONFIRMED":
+        if outcome.final_price is not None and outcome.base_price is not None:
+            return "discount applied" if outcome.final_price < outcome.base_price else "base price"
+        return "confirmed"
+    if outcome.status == "CANCELLED":
+        return "cancelled"
+    return outcome.reason or "rejected"
+
+
+@dataclass
+class LoadReport:
+    requested: int
+    created: int
+    concurrency: int
+    http_errors: dict[str, int]
+    create_seconds: float
+    create_rate: float
+    create_latency_ms: dict[str, float | None]
+    saga_rate: float | None
+    saga_latency_ms: dict[str, float | None]
+    outcomes: dict[str, int]
+    reasons: dict[str, int]
+    stuck: list[str]
+    peak_rss_mb: dict[str, float]
+    loadgen_cpu_percent: float
+    seed: int
+    bookings: list[BookingOutcome] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("bookings")
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str)
+
+    @property
+    def ok(self) -> bool:
+        return not self.stuck and not self.http_errors and self.created == self.requested
+
+
+class MetricsSampler:
+    """Samples ``process_resident_memory_bytes`` from each service's /metrics; keeps the peak."""
+
+    def __init__(self, targets: dict[str, str], interval: float = 0.5) -> None:
+        self.targets = targets
+        self.interval = interval
+        self.peak: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def _sample(self, session: aiohttp.ClientSession) -> None:
+        while True:
+            for name, url in self.targets.items():
+                with contextlib.suppress(Exception):
+                    async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as response:
+                        for line in (await response.text()).splitlines():
+                            if line.startswith("process_resident_memory_bytes "):
+                                value = float(line.split()[1]) / 2**20
+                                self.peak[name] = max(self.peak.get(name, 0.0), value)
+            await asyncio.sleep(self.interval)
+
+    def start(self, session: aiohttp.ClientSession) -> None:
+        if self.targets:
+            self._task = asyncio.create_task(self._sample(session))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class LoadRun:
+    """One run of the engine against a booking API."""
+
+    def __init__(
+        self,
+        api_url: str,
+        profile: LoadProfile,
+        *,
+        token: str | None = None,
+        database_url: str | None = None,
+        metrics_targets: dict[str, str] | None = None,
+        on_created: Callable[[int], None] | None = None,
+        on_settled: Callable[[int], None] | None = None,
+    ) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.profile = profile
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.database_url = database_url
+        self.sampler = MetricsSampler(metrics_targets or {})
+        self.on_created = on_created or (lambda n: None)
+        self.on_settled = on_settled or (lambda n: None)
+
+    async def run(self) -> LoadReport:
+        bodies = booking_bodies(self.profile)
+        usage_before = resource.getrusage(resource.RUSAGE_SELF)
+        wall_before = time.monotonic()
+        connector = aiohttp.TCPConnector(limit=self.profile.concurrency + 8, force_close=False)
+        async with aiohttp.ClientSession(connector=connector, headers=self.headers) as session:
+            self.sampler.start(session)
+            try:
+                outcomes, latencies, errors, create_seconds = await self._create_all(
+                    session, bodies
+                )
+                await self._settle(session, outcomes)
+            finally:
+                await self.sampler.stop()
+        usage_after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (usage_after.ru_utime - usage_before.ru_utime) + (
+            usage_after.ru_stime - usage_before.ru_stime
+        )
+        wall = time.monotonic() - wall_before
+        return self._report(outcomes, latencies, errors, create_seconds, 100.0 * cpu / wall)
+
+    async def _create_all(
+        self, session: aiohttp.ClientSession, bodies: list[tuple[str, dict[str, Any]]]
+    ) -> tuple[list[BookingOutcome], list[float], Counter[str], float]:
+        outcomes: list[BookingOutcome] = []
+        latencies: list[float] = []
+        errors: Counter[str] = Counter()
+        queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        for item in bodies:
+            queue.put_nowait(item)
+        url = f"{self.api_url}/booking"
+        users = self.profile.concurrency
+
+        async def user(index: int) -> None:
+            if self.profile.ramp_up > 0:
+                await asyncio.sleep(self.profile.ramp_up * index / users)
+            while True:
+                try:
+                    kind, body = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                started = time.perf_counter()
+                try:
+                    async with session.post(url, json=body) as response:
+                        payload = await response.read()
+                        status = response.status
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    errors[type(exc).__name__] += 1
+                    continue
+                latencies.append(time.perf_counter() - started)
+                if status == 201:
+                    outcomes.append(BookingOutcome(json.loads(payload)["bookingId"], kind))
+                    self.on_created(len(outcomes))
+                else:
+                    errors[f"HTTP {status}"] += 1
+
+        started = time.monotonic()
+        await asyncio.gather(*(user(i) for i in range(users)))
+        return outcomes, latencies, errors, time.monotonic() - started
+
+    async def _settle(self, session: aiohttp.ClientSession, outcomes: list[BookingOutcome]) -> None:
+        """Wait until every booking left PENDING (or the timeout), recording its final state."""
+        by_id = {o.booking_id: o for o in outcomes}
+        pending = set(by_id)
+        deadline = time.monotonic() + self.profile.settle_timeout
+        fetch = self._fetch_from_database if self.database_url else self._fetch_from_api
+        while True:
+            rows = await fetch(session, sorted(pending))
+            for booking_id, row in rows.items():
+                outcome = by_id[booking_id]
+                outcome.status = row["status"]
+                outcome.reason = row.get("failReason")
+                outcome.final_price = row.get("finalPrice")
+                outcome.base_price = row.get("basePrice")
+                outcome.created_at = _parse_time(row.get("createdAt"))
+                outcome.completed_at = _parse_time(row.get("completedAt"))
+                if outcome.status in TERMINAL:
+                    pending.discard(booking_id)
+            self.on_settled(len(by_id) - len(pending))
+            if not pending or time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.25)
+
+    async def _fetch_from_api(
+        self, session: aiohttp.ClientSession, ids: list[str]
+    ) -> dict[str, dict[str, Any]]:
+        semaphore = asyncio.Semaphore(self.profile.concurrency)
+        found: dict[str, dict[str, Any]] = {}
+
+        async def one(booking_id: str) -> None:
+            async with semaphore:
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.get(f"{self.api_url}/booking/{booking_id}") as response:
+                        if response.status == 200:
+                            found[booking_id] = await response.json()
+
+        await asyncio.gather(*(one(i) for i in ids))
+        return found
+
+    async def _fetch_from_database(
+        self, _: aiohttp.ClientSession, ids: list[str]
+    ) -> dict[str, dict[str, Any]]:
+        import asyncpg
+
+        assert self.database_url is not None
+        connection = await asyncpg.connect(
+            self.database_url.replace("postgresql+psycopg://", "postgresql://")
+        )
+        try:
+            rows = await connection.fetch(
+                "SELECT id::text, status, fail_reason, base_price, final_price, created_at, "
+                "completed_at FROM bookings WHERE id = ANY($1::uuid[])",
+                ids,
+            )
+        finally:
+            await connection.close()
+        return {
+            r["id"]: {
+                "status": r["status"],
+                "failReason": r["fail_reason"],
+                "finalPrice": r["final_price"],
+                "basePrice": r["base_price"],
+                "createdAt": r["created_at"].isoformat(),
+                "completedAt": r["completed_at"].isoformat() if r["completed_at"] else None,
+            }
+            for r in rows
+        }
+
+    def _report(
+        self,
+        outcomes: list[BookingOutcome],
+        latencies: list[float],
+        errors: Counter[str],
+        create_seconds: float,
+        cpu_percent: float,
+    ) -> LoadReport:
+        done = [o for o in outcomes if o.status in TERMINAL and o.created_at and o.completed_at]
+        saga_rate = None
+        if done:
+            first = min(o.created_at for o in done if o.created_at)
+            last = max(o.completed_at for o in done if o.completed_at)
+            span = (last - first).total_seconds()
+            saga_rate = len(done) / span if span > 0 else None
+        e2e = [
+            (o.completed_at - o.created_at).total_seconds() * 1000
+            for o in done
+            if o.completed_at and o.created_at
+        ]
+        return LoadReport(
+            requested=self.profile.bookings,
+            created=len(outcomes),
+            concurrency=self.profile.concurrency,
+            http_errors=dict(errors),
+            create_seconds=create_seconds,
+            create_rate=len(outcomes) / create_seconds if create_seconds > 0 else 0.0,
+            create_latency_ms={
+                k: (v * 1000 if v is not None else None) for k, v in percentiles(latencies).items()
+            },
+            saga_rate=saga_rate,
+            saga_latency_ms=percentiles(e2e),
+            outcomes=dict(Counter(o.status for o in outcomes)),
+            reasons=dict(Counter(outcome_reason(o) for o in outcomes if o.status in TERMINAL)),
+            stuck=sorted(o.booking_id for o in outcomes if o.status not in TERMINAL),
+            peak_rss_mb=dict(self.sampler.peak),
+            loadgen_cpu_percent=cpu_percent,
+            seed=self.profile.seed,
+            bookings=outcomes,
+        )
+
+
+def render(report: LoadReport) -> str:
+    def ms(values: dict[str, float | None]) -> str:
+        return "  ".join(
+            f"{k} {v:.1f} ms" if v is not None else f"{k} -" for k, v in values.items()
+        )
+
+    lines = [
+        f"bookings       {report.created}/{report.requested} created at concurrency "
+        f"{report.concurrency} (seed {report.seed})",
+        f"create         {report.create_rate:.0f}/s over {report.create_seconds:.2f}s; "
+        f"latency {ms(report.create_latency_ms)}",
+        f"saga           {report.saga_rate:.0f} bookings/s reached a final status"
+        if report.saga_rate
+        else "saga           no booking reached a final status",
+        f"end-to-end     {ms(report.saga_latency_ms)} (server-side, created -> final)",
+        "outcomes       " + ", ".join(f"{k} {v}" for k, v in sorted(report.outcomes.items())),
+        "reasons        " + ", ".join(f"{k}: {v}" for k, v in sorted(report.reasons.items())),
+        "peak RSS       "
+        + (
+            ", ".join(f"{k} {v:.0f} MiB" for k, v in sorted(report.peak_rss_mb.items()))
+            or "not sampled"
+        ),
+        f"load generator {report.loadgen_cpu_percent:.0f}% of one core",
+        "HTTP errors    "
+        + (", ".join(f"{k}: {v}" for k, v in report.http_errors.items()) or "none"),
+        f"stuck          {len(report.stuck)}"
+        + ("" if not report.stuck else ": " + ", ".join(report.stuck)),
+    ]
+    return "\n".join(lines)
