@@ -211,11 +211,28 @@ class PolicyStore:
         raw = await self.redis.get(self.key)
         return None if raw is None else QuotaPolicy.from_json(raw)
 
-    async def publish(self, policy: QuotaPolicy) -> None:
-        await self.redis.set(self.key, policy.to_json())
+    @property
+    def owner_key(self) -> str:
+        return f"{self.key}:owner"
+
+    async def publish(self, policy: QuotaPolicy, owner: str | None = None) -> None:
+        """Publish; ``owner`` names who manages the policy (e.g. ``QuotaPolicy ns/name``)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.key, policy.to_json())
+            if owner:
+                pipe.set(self.owner_key, owner)
+            else:
+                pipe.delete(self.owner_key)
+            await pipe.execute()
+
+    async def owner(self) -> str | None:
+        """Who manages the published policy (None: nobody in particular, edit the store)."""
+        raw = await self.redis.get(self.owner_key)
+        return raw.decode() if isinstance(raw, bytes) else raw
 
     async def withdraw(self) -> bool:
-        return bool(await self.redis.delete(self.key))
+        removed = await self.redis.delete(self.key, self.owner_key)
+        return bool(removed)
 
     async def used(self, day: dt.date) -> int:
         """Units of the day's quota in use (what the operator reports in its status)."""
