@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from medbook.booking.migrations import upgrade
 from medbook.devstack.servers import PostgresServer, RabbitMQServer, RedisServer
@@ -20,6 +22,7 @@ from medbook.telemetry import setup_tracing
 from tests.helpers import Infra, Stack, reset_broker, running_stack
 
 TEMPLATE_DB = "medbook_template"
+SPANS = InMemorySpanExporter()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -33,9 +36,25 @@ def _clean_environment() -> Iterator[None]:
     }
     for key in saved:
         del os.environ[key]
-    setup_tracing("medbook-tests")
+    # In this process spans are recorded (and the libraries instrumented) into memory;
+    # the services the tests run as subprocesses run with tracing off.
+    os.environ["OTEL_TRACES_SAMPLER"] = "always_on"
+    provider = setup_tracing("medbook-tests")
+    provider.add_span_processor(SimpleSpanProcessor(SPANS))
     yield
+    del os.environ["OTEL_TRACES_SAMPLER"]
     os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def _forget_spans() -> None:
+    SPANS.clear()
+
+
+@pytest.fixture
+def spans() -> InMemorySpanExporter:
+    """The spans recorded during this test."""
+    return SPANS
 
 
 @pytest.fixture(scope="session")

@@ -72,9 +72,8 @@ def booking_body(**overrides: Any) -> dict[str, Any]:
 
 def eligible_body(name: str | None = None, **overrides: Any) -> dict[str, Any]:
     """A woman on her birthday: eligible for the discount (base 450 -> 396 at 12%)."""
-    return booking_body(
-        userName=name or f"Birthday {uuid.uuid4().hex[:8]}", dob=birthday_dob(), **overrides
-    )
+    values = {"dob": birthday_dob(), **overrides}
+    return booking_body(userName=name or f"Birthday {uuid.uuid4().hex[:8]}", **values)
 
 
 async def eventually(

@@ -147,14 +147,10 @@ ADMISSION_WAIT = Histogram(
 PENDING_BOOKINGS = Gauge(
     "medbook_pending_bookings", "Bookings currently PENDING.", registry=BOOKING
 )
-SWEEP_REJECTED = Counter(
-    "medbook_sweep_rejected_bookings",
-    "Bookings rejected by the timeout sweep (counted by the sweep runs this process saw).",
-    registry=BOOKING,
-)
-SWEEP_LAST_RUN = Gauge(
-    "medbook_sweep_last_run_timestamp_seconds",
-    "When the timeout sweep last completed (Unix time).",
+QUEUE_MESSAGES = Gauge(
+    "medbook_queue_messages",
+    "Messages ready in a queue (the saga's queues and their dead-letter queues).",
+    ["queue"],
     registry=BOOKING,
 )
 

@@ -1,10 +1,12 @@
 """Logging, OpenTelemetry setup and W3C trace-context propagation.
 
 Tracing always runs the OpenTelemetry SDK, so the ``traceId`` the API returns
-is a real trace id; spans are exported only when the standard ``OTEL_*``
-variables name an exporter (``OTEL_EXPORTER_OTLP_ENDPOINT`` or
-``OTEL_TRACES_EXPORTER=otlp``). ``OTEL_TRACES_SAMPLER=always_off`` keeps the
-ids and drops the spans: that is "tracing off" in the benchmark.
+is a real trace id. Spans are recorded, and the libraries instrumented
+(ASGI, asyncpg, Redis, aio-pika), when the standard ``OTEL_*`` variables name
+an exporter (``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_TRACES_EXPORTER=otlp``)
+or choose a sampler. Otherwise ("tracing off") no span is recorded: the trace
+context still travels with every event, in the AMQP headers and the outbox
+rows, and every log line of a booking's processing carries its trace id.
 """
 
 from __future__ import annotations
@@ -95,8 +97,9 @@ def setup_logging(settings: TelemetrySettings, service: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
-    # Libraries that log every connection attempt at INFO drown the saga's own lines.
-    for noisy in ("aiormq", "aio_pika", "uvicorn.access"):
+    # Libraries that log every connection attempt at INFO drown the saga's own lines;
+    # ``databases`` logs every query with its arguments at DEBUG (personal data).
+    for noisy in ("aiormq", "aio_pika", "uvicorn.access", "databases"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -115,8 +118,23 @@ _recording = False
 
 
 def recording() -> bool:
-    """Are spans recorded (an exporter or an explicit sampler is configured)?"""
+    """Are spans recorded (and the libraries instrumented)?"""
     return _recording
+
+
+def instrument_libraries() -> None:
+    """Spans for every PostgreSQL statement, Redis command and AMQP publish/consume.
+
+    The aio-pika instrumentation also carries the context through the message
+    headers: its consume span is current while a handler runs.
+    """
+    from opentelemetry.instrumentation.aio_pika import AioPikaInstrumentor
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+    for instrumentor in (AsyncPGInstrumentor(), RedisInstrumentor(), AioPikaInstrumentor()):
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.instrument()
 
 
 def setup_tracing(service: str) -> TracerProvider:
@@ -137,6 +155,8 @@ def setup_tracing(service: str) -> TracerProvider:
         sampler = ALWAYS_OFF
     provider = TracerProvider(resource=resource, sampler=sampler)
     _recording = sampler is None and os.environ.get("OTEL_TRACES_SAMPLER", "") != "always_off"
+    if _recording:
+        instrument_libraries()
     if exporter_configured():
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -173,6 +193,26 @@ def span(
             otel_context.detach(token)
     else:
         yield trace.get_current_span()
+
+
+@contextlib.contextmanager
+def use_context(context: Context) -> Iterator[None]:
+    """Make ``context`` (e.g. one extracted from stored headers) current for a block."""
+    token = otel_context.attach(context)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+def consumer_parent(headers: Mapping[str, Any] | None) -> Context | None:
+    """The parent of a message handler's span.
+
+    With tracing on, the aio-pika instrumentation's consume span (a child of
+    the publisher's context) is current already: None. With it off, the
+    context carried in the headers.
+    """
+    return None if _recording else extract_context(headers)
 
 
 def inject_headers(context: Context | None = None) -> dict[str, str]:

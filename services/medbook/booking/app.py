@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 from aio_pika.abc import AbstractRobustConnection
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.routing import Match
 
 from medbook import contracts
 from medbook.booking import errors
@@ -25,6 +27,7 @@ from medbook.booking.admission import AdmissionControl
 from medbook.booking.api import ROUTES
 from medbook.booking.batching import GroupCommit
 from medbook.booking.middleware import BearerAuth, HttpMetrics
+from medbook.booking.monitor import SagaMonitor
 from medbook.booking.outbox import OutboxRelay
 from medbook.booking.results import ResultHandler
 from medbook.booking.store import BookingStore, create_database
@@ -61,6 +64,7 @@ class BookingService:
         self.admission = AdmissionControl(
             self.store, limit=settings.max_pending, max_wait=settings.admission_wait
         )
+        self.monitor = SagaMonitor(self.store, lambda: self.connection)
         self.stopping = asyncio.Event()
         self._broker_task: asyncio.Task[None] | None = None
 
@@ -74,6 +78,7 @@ class BookingService:
             log.warning("database not reachable yet (%r); requests get 503 until it is", exc)
         self.relay.start()
         self.admission.start()
+        self.monitor.start()
         self._broker_task = asyncio.create_task(self._attach_broker(), name="broker-link")
         log.info("booking service started")
 
@@ -119,6 +124,7 @@ class BookingService:
             await self.consumer.stop(self.settings.shutdown_grace)
         await self.relay.stop()
         await self.admission.stop()
+        await self.monitor.stop()
         if self.publisher is not None:
             await self.publisher.close()
         if self.connection is not None:
@@ -149,6 +155,16 @@ class BookingService:
         return result
 
 
+def span_details(scope: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Server span name by route template (``GET /booking/{id}``), never by raw path."""
+    method = scope.get("method", "")
+    for route in ROUTES:
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return f"{method} {route.path}", {"http.route": route.path}
+    return method, {}
+
+
 def create_app(settings: BookingSettings, service: BookingService | None = None) -> Starlette:
     service = service or BookingService(settings)
 
@@ -168,6 +184,7 @@ def create_app(settings: BookingSettings, service: BookingService | None = None)
                 OpenTelemetryMiddleware,
                 excluded_urls="healthz,readyz,metrics",
                 exclude_spans=["receive", "send"],
+                default_span_details=span_details,
             ),
         )
     if settings.api_token is not None:

@@ -9,6 +9,10 @@ batch grows only as fast as requests pile up behind a busy flush. Every
 caller gets its own outcome (or exception) and returns only after the commit,
 so durability and each caller's semantics are those of a transaction of its
 own.
+
+With tracing on, each caller's trace shows a span for its wait (with the
+batch size), and the flush is a trace of its own, linked to every caller's
+span: one statement serves many bookings, so it cannot belong to one of them.
 """
 
 from __future__ import annotations
@@ -18,7 +22,14 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, SpanContext
+
+from medbook.telemetry import recording
+
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("medbook.booking")
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -37,12 +48,18 @@ class GroupCommit(Generic[In, Out]):
         self.max_batch = max_batch
         self.max_concurrent = max_concurrent
         self.name = name
-        self._pending: list[tuple[In, asyncio.Future[Out]]] = []
+        self._pending: list[tuple[In, asyncio.Future[Out], SpanContext | None]] = []
         self._running = 0
 
     async def submit(self, item: In) -> Out:
+        if not recording():
+            return await self._submit(item, None)
+        with tracer.start_as_current_span(f"{self.name} (group commit)") as span:
+            return await self._submit(item, span)
+
+    async def _submit(self, item: In, span: trace.Span | None) -> Out:
         future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, future))
+        self._pending.append((item, future, span.get_span_context() if span else None))
         if self._running < self.max_concurrent:
             self._running += 1
             # Started on the next loop turn, so callers arriving in this one join the batch.
@@ -58,20 +75,33 @@ class GroupCommit(Generic[In, Out]):
             while self._pending:
                 batch = self._pending[: self.max_batch]
                 del self._pending[: self.max_batch]
-                live = [(item, future) for item, future in batch if not future.done()]
+                live = [entry for entry in batch if not entry[1].done()]
                 if not live:
                     continue
                 try:
-                    outcomes = await self._flush([item for item, _ in live])
+                    outcomes = await self._flush_traced(live)
                 except BaseException as exc:
-                    for _, future in live:
+                    for _, future, _ in live:
                         if not future.done():
                             future.set_exception(exc)
                     if not isinstance(exc, Exception):
                         raise
                     continue
-                for (_, future), outcome in zip(live, outcomes, strict=True):
+                for (_, future, _), outcome in zip(live, outcomes, strict=True):
                     if not future.done():
                         future.set_result(outcome)
         finally:
             self._running -= 1
+
+    async def _flush_traced(
+        self, live: list[tuple[In, asyncio.Future[Out], SpanContext | None]]
+    ) -> Sequence[Out]:
+        items = [item for item, _, _ in live]
+        links = [Link(context) for _, _, context in live if context is not None]
+        if not links:
+            return await self._flush(items)
+        with tracer.start_as_current_span(
+            f"{self.name} flush", context=Context(), links=links,
+            attributes={"medbook.batch_size": len(items)},
+        ):  # fmt: skip
+            return await self._flush(items)

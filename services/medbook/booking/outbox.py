@@ -19,16 +19,14 @@ from collections.abc import Callable
 
 import asyncpg
 import orjson
-from opentelemetry import trace
 
 from medbook import metrics
 from medbook.booking.store import BookingStore, utcnow
 from medbook.contracts import Event
 from medbook.messaging import Publisher, is_unavailable
-from medbook.telemetry import extract_context, inject_headers, recording, span
+from medbook.telemetry import extract_context, use_context
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer("medbook.booking")
 
 _CLAIM_BATCH = """
 SELECT id, event, payload, headers, created_at FROM outbox
@@ -152,16 +150,10 @@ class OutboxRelay:
         event = Event(row["event"])
         stored = row["headers"]
         stored = orjson.loads(stored) if isinstance(stored, str) else dict(stored)
-        # The event continues the trace of the request that committed it. With tracing
-        # off, the stored context already is the right parent for the consumer.
-        with span(
-            tracer,
-            f"{event.value} publish",
-            context=extract_context(stored),
-            kind=trace.SpanKind.PRODUCER,
-        ):
-            if recording():
-                stored = {**stored, **inject_headers()}
+        # The event continues the trace of the request that committed it: with tracing
+        # on, the aio-pika instrumentation's publish span is a child of the stored
+        # context and replaces the traceparent; with it off, the stored one goes as is.
+        with use_context(extract_context(stored)):
             await publisher.publish(
                 event, row["payload"].encode(), headers=stored, message_id=f"outbox-{row['id']}"
             )

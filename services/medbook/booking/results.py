@@ -19,7 +19,7 @@ from medbook import contracts, metrics
 from medbook.booking.store import ApplyOutcome, ResultOutcome, utcnow
 from medbook.contracts import BookingStatus, DiscountProcessed
 from medbook.messaging import DeadLetter
-from medbook.telemetry import extract_context, span
+from medbook.telemetry import consumer_parent, span
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("medbook.booking")
@@ -54,8 +54,8 @@ class ResultHandler:
         with span(
             tracer,
             "booking.apply_result",
-            context=extract_context(message.headers),
-            kind=trace.SpanKind.CONSUMER,
+            context=consumer_parent(message.headers),
+            kind=trace.SpanKind.INTERNAL,
             attributes={
                 "medbook.booking_id": str(result.booking_id),
                 "medbook.status": result.status.value,

@@ -2,7 +2,13 @@
 
 It sends N bookings with C concurrent users (optionally ramped up), from a
 reproducible seeded mix, then waits for every booking to leave PENDING and
-measures what happened, server-side where it matters:
+measures what happened, server-side where it matters. The users either share
+one queue of N requests (``medbook bench``: the fastest go on) or each send
+their own ``requests_per_user`` in turn (``medbook load``: N = users x
+requests per user). Progress callbacks report each create, each failed
+request and the bookings finished so far.
+
+What it measures:
 
 - create throughput and latency (client-side: the HTTP round trip);
 - saga throughput: bookings reaching a final status per second, and the
@@ -50,6 +56,22 @@ class LoadProfile:
     settle_timeout: float = 120.0
     time_zone: str = "Asia/Kolkata"
     blocked_user: str = "fail_test_user"
+    # None: the users share the N requests; else each user sends this many, in turn
+    # (``bookings`` must then be ``concurrency * requests_per_user``).
+    requests_per_user: int | None = None
+
+    def __post_init__(self) -> None:
+        rpu = self.requests_per_user
+        if rpu is not None and self.bookings != self.concurrency * rpu:
+            raise ValueError(
+                f"{self.bookings} bookings is not {self.concurrency} users x {rpu} requests"
+            )
+
+    def user_of(self, index: int) -> int:
+        """The user who sends request ``index``."""
+        if self.requests_per_user:
+            return index // self.requests_per_user
+        return index % 997
 
 
 def _parse_time(value: str | None) -> dt.datetime | None:
@@ -77,7 +99,7 @@ def booking_bodies(profile: LoadProfile) -> list[tuple[str, dict[str, Any]]]:
     bodies = []
     for i in range(profile.bookings):
         kind = rng.choices(kinds, weights)[0]
-        user = f"load-{profile.seed}-{i % 997}"
+        user = f"load-{profile.seed}-{profile.user_of(i)}"
         if kind == "birthday":
             body = {
                 "userName": user,
@@ -167,6 +189,8 @@ class LoadReport:
     loadgen_cpu_percent: float
     seed: int
     bookings: list[BookingOutcome] = field(default_factory=list, repr=False)
+    requests_per_user: int | None = None
+    ramp_up: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -224,6 +248,7 @@ class LoadRun:
         database_url: str | None = None,
         metrics_targets: dict[str, str] | None = None,
         on_created: Callable[[int], None] | None = None,
+        on_failed: Callable[[int], None] | None = None,
         on_settled: Callable[[int], None] | None = None,
     ) -> None:
         self.api_url = api_url.rstrip("/")
@@ -231,7 +256,9 @@ class LoadRun:
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.database_url = database_url
         self.sampler = MetricsSampler(metrics_targets or {})
+        # Progress: bookings created so far, requests failed so far, bookings finished so far.
         self.on_created = on_created or (lambda n: None)
+        self.on_failed = on_failed or (lambda n: None)
         self.on_settled = on_settled or (lambda n: None)
 
     async def run(self) -> LoadReport:
@@ -261,13 +288,22 @@ class LoadRun:
         outcomes: list[BookingOutcome] = []
         latencies: list[float] = []
         errors: Counter[str] = Counter()
-        queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
-        for item in bodies:
-            queue.put_nowait(item)
-        url = f"{self.api_url}/booking"
         users = self.profile.concurrency
+        rpu = self.profile.requests_per_user
+        # One queue shared by every user, or one queue per user holding its own requests.
+        queues: list[asyncio.Queue[tuple[str, dict[str, Any]]]] = [
+            asyncio.Queue() for _ in range(users if rpu else 1)
+        ]
+        for index, item in enumerate(bodies):
+            queues[self.profile.user_of(index) if rpu else 0].put_nowait(item)
+        url = f"{self.api_url}/booking"
+
+        def failed(kind: str) -> None:
+            errors[kind] += 1
+            self.on_failed(sum(errors.values()))
 
         async def user(index: int) -> None:
+            queue = queues[index if rpu else 0]
             if self.profile.ramp_up > 0:
                 await asyncio.sleep(self.profile.ramp_up * index / users)
             while True:
@@ -281,14 +317,14 @@ class LoadRun:
                         payload = await response.read()
                         status = response.status
                 except (aiohttp.ClientError, TimeoutError) as exc:
-                    errors[type(exc).__name__] += 1
+                    failed(type(exc).__name__)
                     continue
                 latencies.append(time.perf_counter() - started)
                 if status == 201:
                     outcomes.append(BookingOutcome(json.loads(payload)["bookingId"], kind))
                     self.on_created(len(outcomes))
                 else:
-                    errors[f"HTTP {status}"] += 1
+                    failed(f"HTTP {status}")
 
         started = time.monotonic()
         await asyncio.gather(*(user(i) for i in range(users)))
@@ -401,6 +437,8 @@ class LoadRun:
             loadgen_cpu_percent=cpu_percent,
             seed=self.profile.seed,
             bookings=outcomes,
+            requests_per_user=self.profile.requests_per_user,
+            ramp_up=self.profile.ramp_up,
         )
 
 
@@ -410,9 +448,14 @@ def render(report: LoadReport) -> str:
             f"{k} {v:.1f} ms" if v is not None else f"{k} -" for k, v in values.items()
         )
 
+    if report.requests_per_user:
+        who = f"by {report.concurrency} users x {report.requests_per_user} requests"
+    else:
+        who = f"at concurrency {report.concurrency}"
+    if report.ramp_up:
+        who += f", ramp-up {report.ramp_up:g}s"
     lines = [
-        f"bookings       {report.created}/{report.requested} created at concurrency "
-        f"{report.concurrency} (seed {report.seed})",
+        f"bookings       {report.created}/{report.requested} created {who} (seed {report.seed})",
         f"create         {report.create_rate:.0f}/s over {report.create_seconds:.2f}s; "
         f"latency {ms(report.create_latency_ms)}",
         f"saga           {report.saga_rate:.0f} bookings/s reached a final status"

@@ -36,7 +36,7 @@ from medbook.discount.idempotency import IdempotencyStore, RecordState
 from medbook.discount.policy import PolicySource, PolicyStore, QuotaPolicy
 from medbook.discount.quota import QuotaStore
 from medbook.messaging import Consumer, Publisher, connect
-from medbook.telemetry import extract_context, inject_headers, span
+from medbook.telemetry import consumer_parent, inject_headers, span
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("medbook.discount")
@@ -130,13 +130,13 @@ class DiscountWorker:
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         event = contracts.decode(message.type, message.body)
-        parent = extract_context(message.headers)
+        parent = consumer_parent(message.headers)
         if isinstance(event, BookingCreated):
             with span(
                 tracer,
                 "discount.process",
                 context=parent,
-                kind=trace.SpanKind.CONSUMER,
+                kind=trace.SpanKind.INTERNAL,
                 attributes={"medbook.booking_id": str(event.booking_id)},
             ):
                 await self.process_booking(event)
@@ -145,7 +145,7 @@ class DiscountWorker:
                 tracer,
                 "discount.release",
                 context=parent,
-                kind=trace.SpanKind.CONSUMER,
+                kind=trace.SpanKind.INTERNAL,
                 attributes={"medbook.booking_id": str(event.booking_id)},
             ):
                 await self.release(event)
@@ -177,6 +177,7 @@ class DiscountWorker:
             metrics.DUPLICATES_DETECTED.labels(contracts.DISCOUNT_QUEUE).inc()
             await self._publish_result(completion.result)
         metrics.DISCOUNT_PROCESSING.observe(time.perf_counter() - started)
+        log.debug("booking %s decided and its result published", booking.booking_id)
 
     async def decide(self, booking: BookingCreated, now: dt.datetime) -> Decided:
         """Apply the rules, reserve a unit when eligible, and store the result (one Redis call)."""

@@ -1,0 +1,375 @@
+"""``medbook bookings``: the bookings table, live; counts and rates; purging old rows.
+
+Reads PostgreSQL directly (the API has no list endpoint, on purpose). Purging
+never breaks the saga: by default it deletes only bookings in a final status
+whose events have all left the outbox; ``--include-pending`` also deletes
+PENDING ones, with their unsent events, in the same transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import Counter
+from typing import Annotated, Any
+
+import typer
+from rich.console import Group
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from medbook.cli import common
+from medbook.contracts import BookingStatus
+
+app = typer.Typer(
+    help="The bookings in PostgreSQL: a live table, counts and rates, purging old ones.",
+    no_args_is_help=True,
+)
+
+STATUS_STYLE = {
+    "PENDING": "yellow",
+    "CONFIRMED": "green",
+    "REJECTED": "red",
+    "CANCELLED": "magenta",
+}
+
+# The outcome of a booking in a few words (status + why), as SQL and for the report.
+REASON_SQL = """
+CASE
+    WHEN status = 'CONFIRMED' AND final_price < base_price THEN 'discount applied'
+    WHEN status = 'CONFIRMED' THEN 'base price'
+    WHEN status = 'PENDING' THEN 'waiting for the discount step'
+    WHEN status = 'CANCELLED' THEN 'cancelled'
+    ELSE coalesce(fail_reason, '-')
+END
+"""
+
+Duration = Annotated[str, typer.Option(metavar="DURATION", help="e.g. 90s, 60m, 2h, 7d.")]
+
+
+def status_text(status: str) -> Text:
+    return Text(status, style=STATUS_STYLE.get(status, ""))
+
+
+def history_text(line: str | None) -> str:
+    if not line:
+        return ""
+    return line.split("] ", 1)[1] if line.startswith("[") and "] " in line else line
+
+
+# -- watch ---------------------------------------------------------------------------------
+
+RECENT_SQL = """
+SELECT id::text, user_name, status, base_price, final_price, fail_reason, created_at, updated_at,
+       history ->> -1 AS last_entry
+FROM bookings ORDER BY created_at DESC LIMIT $1
+"""
+
+
+class BookingsView:
+    """The recent bookings, and the status changes seen between refreshes."""
+
+    def __init__(self, connection: Any, limit: int) -> None:
+        self.connection = connection
+        self.limit = limit
+        self.seen: dict[str, str] = {}
+        self.changes: list[tuple[str, str, str, str]] = []  # time, id, from, to
+        self.first = True
+
+    async def frame(self) -> Group:
+        rows = await self.connection.fetch(RECENT_SQL, self.limit)
+        pending = await self.connection.fetchval(
+            "SELECT count(*) FROM bookings WHERE status = 'PENDING'"
+        )
+        now = dt.datetime.now(dt.UTC)
+        stamp = dt.datetime.now().strftime("%H:%M:%S")
+        table = Table(
+            title=f"{stamp}  the {len(rows)} most recent bookings ({pending} PENDING in all)",
+            title_justify="left",
+        )
+        for column in ("booking", "user", "status", "price", "age", "last step"):
+            table.add_column(column, justify="right" if column in ("price", "age") else "left")
+        for row in rows:
+            booking_id, status = row["id"], row["status"]
+            before = self.seen.get(booking_id)
+            if not self.first and before != status:
+                self.changes.append((stamp, booking_id, before or "new", status))
+            self.seen[booking_id] = status
+            price = str(row["base_price"])
+            if row["final_price"] is not None and row["final_price"] != row["base_price"]:
+                price = f"{row['base_price']} -> {row['final_price']}"
+            table.add_row(
+                booking_id[:8],
+                escape(row["user_name"][:24]),
+                status_text(status),
+                price,
+                common.human_duration(now - row["created_at"]),
+                escape(history_text(row["last_entry"])[:60]),
+            )
+        self.first = False
+        del self.changes[:-10]
+        parts: list[Any] = [table]
+        if self.changes:
+            parts.append(Text("status changes:"))
+            parts.extend(
+                Text.assemble(f"  {t}  {i[:8]}  {a} -> ", status_text(b))
+                for t, i, a, b in self.changes
+            )
+        return Group(*parts)
+
+
+@app.command("watch")
+def watch(
+    limit: Annotated[int, typer.Option(help="How many recent bookings to show.", min=1)] = 20,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.", min=0.1)] = 1.0,
+    count: Annotated[
+        int | None, typer.Option(help="Stop after this many refreshes (default: until Ctrl-C).")
+    ] = None,
+    database_url: common.DatabaseUrl = None,
+) -> None:
+    """A live table of the most recent bookings (status, price, age, last step) and the status
+    changes seen since it started. Ctrl-C ends it (exit status 0)."""
+
+    async def main() -> None:
+        async with common.database(common.database_dsn(database_url)) as connection:
+            view = BookingsView(connection, limit)
+            await common.live_loop(common.out(), view.frame, interval, count)
+
+    common.run(main(), interrupt_ok=True)
+
+
+# -- stats ---------------------------------------------------------------------------------
+
+STATS_SQL = f"""
+SELECT status, {REASON_SQL} AS reason,
+       count(*) AS total,
+       count(*) FILTER (WHERE created_at >= $1) AS recent,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - created_at))
+           FILTER (WHERE completed_at IS NOT NULL AND created_at >= $1) AS p50,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - created_at))
+           FILTER (WHERE completed_at IS NOT NULL AND created_at >= $1) AS p95
+FROM bookings GROUP BY 1, 2 ORDER BY 1, 3 DESC
+"""  # noqa: S608 (built from constants)
+
+
+@app.command("stats")
+def stats(
+    since: Duration = "60m",
+    database_url: common.DatabaseUrl = None,
+    json_output: common.JsonOutput = False,
+) -> None:
+    """Counts by status and reason (all time and created in the last --since), creation rate
+    per minute over that window, end-to-end times (created -> final), and the oldest PENDING
+    booking."""
+    window = common.parse_duration(since)
+
+    async def main() -> dict[str, Any]:
+        async with common.database(common.database_dsn(database_url)) as connection:
+            start = dt.datetime.now(dt.UTC) - window
+            rows = await connection.fetch(STATS_SQL, start)
+            oldest = await connection.fetchval(
+                "SELECT min(created_at) FROM bookings WHERE status = 'PENDING'"
+            )
+        minutes = window.total_seconds() / 60
+        groups = [
+            {
+                "status": r["status"],
+                "reason": r["reason"],
+                "total": r["total"],
+                "recent": r["recent"],
+                "per_minute": round(r["recent"] / minutes, 2) if minutes else None,
+                "seconds_p50": r["p50"],
+                "seconds_p95": r["p95"],
+            }
+            for r in rows
+        ]
+        by_status: Counter[str] = Counter()
+        recent_by_status: Counter[str] = Counter()
+        for g in groups:
+            by_status[g["status"]] += g["total"]
+            recent_by_status[g["status"]] += g["recent"]
+        return {
+            "window": since,
+            "total": sum(by_status.values()),
+            "by_status": dict(by_status),
+            "recent_by_status": dict(recent_by_status),
+            "groups": groups,
+            "oldest_pending_seconds": (
+                (dt.datetime.now(dt.UTC) - oldest).total_seconds() if oldest else None
+            ),
+        }
+
+    result = common.run(main())
+    if json_output:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    table = Table(
+        title=f"{result['total']} booking(s); the last {since}: "
+        f"{sum(result['recent_by_status'].values())} created",
+        title_justify="left",
+    )
+    for column in ("status", "reason", "total", f"last {since}", "per min", "e2e p50", "e2e p95"):
+        table.add_column(column, justify="left" if column in ("status", "reason") else "right")
+
+    def seconds(value: float | None) -> str:
+        return "-" if value is None else common.human_duration(value)
+
+    for g in result["groups"]:
+        table.add_row(
+            status_text(g["status"]),
+            escape(g["reason"]),
+            str(g["total"]),
+            str(g["recent"]),
+            f"{g['per_minute']:.1f}",
+            seconds(g["seconds_p50"]),
+            seconds(g["seconds_p95"]),
+        )
+    console = common.out()
+    console.print(table)
+    if result["oldest_pending_seconds"] is not None:
+        console.print(
+            f"oldest PENDING booking: {common.human_duration(result['oldest_pending_seconds'])} old"
+        )
+
+
+# -- purge ---------------------------------------------------------------------------------
+
+# Candidates: last changed before the cutoff; final ones only when no event of theirs is
+# still in the outbox (it has not reached the broker: deleting it would lose it).
+_CANDIDATES = """
+FROM bookings b
+WHERE b.created_at < $1 AND b.updated_at < $1
+  AND ((b.status <> 'PENDING'
+        AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.booking_id = b.id))
+       OR ($2 AND b.status = 'PENDING'))
+"""
+
+PREVIEW_SQL = f"SELECT b.status, count(*) AS n {_CANDIDATES} GROUP BY b.status"
+
+KEPT_SQL = """
+SELECT count(*) FILTER (WHERE status = 'PENDING') AS pending,
+       count(*) FILTER (WHERE status <> 'PENDING') AS in_flight
+FROM bookings b
+WHERE b.created_at < $1 AND b.updated_at < $1
+  AND (b.status = 'PENDING' OR EXISTS (SELECT 1 FROM outbox o WHERE o.booking_id = b.id))
+"""
+
+BATCH_SQL = f"""
+SELECT b.id {_CANDIDATES}
+ORDER BY b.created_at LIMIT $3 FOR UPDATE OF b SKIP LOCKED
+"""
+
+
+async def purge_batch(connection: Any, cutoff: dt.datetime, include_pending: bool, size: int):
+    """Delete one batch (bookings and their outbox rows, one transaction): statuses, events."""
+    async with connection.transaction():
+        ids = [r["id"] for r in await connection.fetch(BATCH_SQL, cutoff, include_pending, size)]
+        if not ids:
+            return Counter(), 0
+        events = await connection.execute(
+            "DELETE FROM outbox WHERE booking_id = ANY($1::uuid[])", ids
+        )
+        rows = await connection.fetch(
+            "DELETE FROM bookings WHERE id = ANY($1::uuid[]) RETURNING status", ids
+        )
+    return Counter(r["status"] for r in rows), int(events.split()[-1])
+
+
+def describe(counts: Counter[str] | dict[str, int]) -> str:
+    parts = [f"{s} {counts[s]}" for s in BookingStatus if counts.get(s)]
+    return ", ".join(parts) if parts else "none"
+
+
+@app.command("purge")
+def purge(
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than", metavar="DURATION", help="Age of the last change, e.g. 60m, 2h, 7d."
+        ),
+    ],
+    include_pending: Annotated[
+        bool,
+        typer.Option(
+            help="Also delete PENDING bookings and their unsent events (see the warning)."
+        ),
+    ] = False,
+    dry_run: Annotated[bool, typer.Option(help="Only say what would be deleted.")] = False,
+    yes: common.Yes = False,
+    batch: Annotated[int, typer.Option(help="Bookings deleted per transaction.", min=1)] = 1000,
+    database_url: common.DatabaseUrl = None,
+    json_output: common.JsonOutput = False,
+) -> None:
+    """Delete bookings whose last change is older than --older-than: by default only those in
+    a final status (CONFIRMED, REJECTED, CANCELLED) whose events have all left the outbox, so
+    the saga never loses an event. Asks first unless --yes; says exactly what it deleted.
+
+    --include-pending also deletes PENDING bookings with their unsent outbox events. A
+    booking_created already on the broker is still decided by the worker: a quota unit it
+    reserves for a deleted booking stays used until the day ends, and the result goes to the
+    dead-letter queue as a result for an unknown booking.
+
+    Exit status: 0 done (or nothing to delete), 1 declined, 2 bad duration or no database.
+    """
+    age = common.parse_duration(older_than)
+
+    async def main() -> dict[str, Any]:
+        say = common.err()
+        async with common.database(common.database_dsn(database_url)) as connection:
+            cutoff = dt.datetime.now(dt.UTC) - age
+            preview = {
+                r["status"]: r["n"]
+                for r in await connection.fetch(PREVIEW_SQL, cutoff, include_pending)
+            }
+            kept = await connection.fetchrow(KEPT_SQL, cutoff)
+            total = sum(preview.values())
+            report: dict[str, Any] = {
+                "cutoff": cutoff.isoformat(),
+                "matched": preview,
+                "deleted": {},
+                "events_deleted": 0,
+                "kept_in_flight": kept["in_flight"],
+                "kept_pending": 0 if include_pending else kept["pending"],
+                "dry_run": dry_run,
+            }
+            notes = []
+            if report["kept_in_flight"]:
+                notes.append(
+                    f"{report['kept_in_flight']} kept: their events are still in the outbox"
+                )
+            if report["kept_pending"]:
+                notes.append(f"{report['kept_pending']} PENDING kept (--include-pending)")
+            say.print(
+                f"{total} booking(s) last changed before {cutoff:%Y-%m-%d %H:%M:%S} UTC "
+                f"({describe(preview)})" + "".join(f"; {n}" for n in notes)
+            )
+            if total == 0 or dry_run:
+                return report
+            if include_pending and preview.get("PENDING"):
+                say.print(
+                    "[yellow]warning:[/yellow] deleting PENDING bookings: an event already on "
+                    "the broker is still decided by the worker; a unit it reserves stays used "
+                    "today and its result is dead-lettered (unknown booking)"
+                )
+            common.confirm(f"Delete these {total} booking(s)?", yes)
+            deleted: Counter[str] = Counter()
+            while True:
+                statuses, events = await purge_batch(connection, cutoff, include_pending, batch)
+                if not statuses:
+                    break
+                deleted += statuses
+                report["events_deleted"] += events
+            report["deleted"] = dict(deleted)
+            return report
+
+    report = common.run(main())
+    if json_output:
+        typer.echo(json.dumps(report, indent=2))
+    elif report["dry_run"]:
+        common.out().print(f"dry run: would delete {sum(report['matched'].values())} booking(s)")
+    elif report["matched"]:
+        common.out().print(
+            f"deleted {sum(report['deleted'].values())} booking(s) ({describe(report['deleted'])})"
+            f" and {report['events_deleted']} outbox event(s)"
+        )

@@ -1,0 +1,342 @@
+"""``medbook quota``: the daily discount quota in Redis: read, reset, list and clean, watch.
+
+"Today" is the quota day in the policy's time zone (the published policy, else
+the defaults from the environment), as the discount worker counts it. Keys are
+found with ``SCAN``, never ``KEYS`` (which blocks Redis on a large keyspace).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Annotated, Any
+
+import typer
+from rich.console import Group
+from rich.markup import escape
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from medbook.cli import common
+from medbook.discount.quota import (
+    COUNTER_PREFIX,
+    RESERVATION_PREFIX,
+    QuotaStore,
+    counter_key,
+    members_key,
+)
+
+app = typer.Typer(
+    help="Today's discount quota: usage and limit, reset, past days' keys, a live view.",
+    no_args_is_help=True,
+)
+
+Day = Annotated[
+    str | None,
+    typer.Option(help="A quota day, YYYY-MM-DD (default: today in the policy's time zone)."),
+]
+
+
+def parse_day(text: str | None) -> dt.date | None:
+    if text is None:
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter("write the day as YYYY-MM-DD", param_hint="--day") from None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass
+class Usage:
+    day: str
+    time_zone: str
+    today: bool
+    used: int
+    reservations: int
+    limit: int
+    remaining: int
+    policy: str
+    bookings: list[str] | None = None
+
+
+async def usage(redis: Any, day: dt.date | None, with_ids: bool) -> Usage:
+    view = await common.current_policy(redis)
+    today = view.policy.today()
+    day = day or today
+    store = QuotaStore(redis)
+    used = await store.used(day)
+    reservations = int(await redis.scard(members_key(day)))
+    return Usage(
+        day=day.isoformat(),
+        time_zone=view.policy.time_zone,
+        today=day == today,
+        used=used,
+        reservations=reservations,
+        limit=view.policy.daily_limit,
+        remaining=max(view.policy.daily_limit - used, 0),
+        policy=view.source,
+        bookings=sorted(await store.holders(day)) if with_ids else None,
+    )
+
+
+def render_usage(u: Usage) -> Group:
+    when = "today" if u.today else "not today"
+    lines: list[Any] = [
+        Text.from_markup(f"quota day   {u.day} ({when} in {u.time_zone})"),
+        Text.from_markup(f"used        [bold]{u.used}[/bold] of {u.limit} ({u.remaining} left)"),
+        ProgressBar(total=max(u.limit, 1), completed=min(u.used, max(u.limit, 1)), width=40),
+        Text(f"policy      {u.policy}"),
+    ]
+    if u.used != u.reservations:
+        lines.append(
+            Text.from_markup(
+                f"[yellow]the counter ({u.used}) and the reservations ({u.reservations}) "
+                "differ: written by something other than the worker?[/yellow]"
+            )
+        )
+    if u.bookings is not None:
+        lines.append(Text(f"reserved by {len(u.bookings)} booking(s):"))
+        lines.extend(Text(f"  {b}") for b in u.bookings)
+    return Group(*lines)
+
+
+@app.command("get")
+def get(
+    day: Day = None,
+    ids: Annotated[bool, typer.Option("--ids", help="List the bookings holding a unit.")] = False,
+    redis_url: common.RedisUrl = None,
+    json_output: common.JsonOutput = False,
+) -> None:
+    """Today's usage and limit, in the policy's time zone (and the reserved booking ids with
+    --ids). Exit status: 0, or 2 when Redis cannot be reached."""
+
+    async def main() -> Usage:
+        async with common.redis_client(common.redis_dsn(redis_url)) as redis:
+            return await usage(redis, parse_day(day), ids)
+
+    result = common.run(main())
+    if json_output:
+        typer.echo(json.dumps(asdict(result), indent=2))
+    else:
+        common.out().print(render_usage(result))
+
+
+@app.command("reset")
+def reset(
+    day: Day = None,
+    yes: common.Yes = False,
+    redis_url: common.RedisUrl = None,
+) -> None:
+    """Drop the day's reservations (today's by default): the count goes to 0 and the worker
+    grants discounts again up to the limit. Asks first unless --yes.
+
+    Exit status: 0 reset, 1 declined, 2 Redis cannot be reached."""
+
+    async def main() -> tuple[str, int]:
+        async with common.redis_client(common.redis_dsn(redis_url)) as redis:
+            current = await usage(redis, parse_day(day), False)
+            common.confirm(
+                f"Reset the quota of {current.day}: drop {current.used} reservation(s) "
+                f"of {current.limit}?",
+                yes,
+            )
+            dropped = await QuotaStore(redis).reset(dt.date.fromisoformat(current.day))
+            return current.day, dropped
+
+    reset_day, dropped = common.run(main())
+    common.out().print(f"quota of {reset_day} reset: {dropped} reservation(s) dropped")
+
+
+@dataclass
+class DayKeys:
+    day: str
+    used: int | None
+    reservations: int | None
+    reservation_keys: int
+    expires_in: float | None
+    when: str  # past, today, future
+    keys: list[str] = field(default_factory=list)
+
+
+async def scan_days(redis: Any, today: dt.date) -> list[DayKeys]:
+    """Every quota day found in Redis (SCAN), with its keys and the reservations pointing to it."""
+    keys_by_day: dict[str, list[str]] = {}
+    async for raw in redis.scan_iter(match=f"{COUNTER_PREFIX}*", count=1000):
+        key = _text(raw)
+        day = key[len(COUNTER_PREFIX) :].split(":", 1)[0]
+        keys_by_day.setdefault(day, []).append(key)
+    reservations: Counter[str] = Counter()
+    batch: list[str] = []
+
+    async def count(batch: list[str]) -> None:
+        for value in await redis.mget(batch):
+            if value is not None:
+                reservations[_text(value)] += 1
+
+    async for raw in redis.scan_iter(match=f"{RESERVATION_PREFIX}*", count=1000):
+        batch.append(_text(raw))
+        if len(batch) >= 500:
+            await count(batch)
+            batch = []
+    if batch:
+        await count(batch)
+    days = []
+    for day in sorted(set(keys_by_day) | set(reservations)):
+        try:
+            date = dt.date.fromisoformat(day)
+        except ValueError:
+            continue  # not one of ours
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.get(counter_key(date)).scard(members_key(date)).ttl(counter_key(date))
+            used, members, ttl = await pipe.execute()
+        when = "today" if date == today else ("past" if date < today else "future")
+        days.append(
+            DayKeys(
+                day=day,
+                used=int(used) if used is not None else None,
+                reservations=int(members) if members else None,
+                reservation_keys=reservations[day],
+                expires_in=float(ttl) if ttl is not None and ttl >= 0 else None,
+                when=when,
+                keys=sorted(keys_by_day.get(day, [])),
+            )
+        )
+    return days
+
+
+def days_table(days: list[DayKeys]) -> Table:
+    table = Table(title="quota keys in Redis (found with SCAN)", title_justify="left")
+    for column in ("day", "", "used", "reservations", "reservation keys", "expires in"):
+        table.add_column(column, justify="left" if column in ("day", "") else "right")
+    for d in days:
+        table.add_row(
+            d.day,
+            d.when,
+            "-" if d.used is None else str(d.used),
+            "-" if d.reservations is None else str(d.reservations),
+            str(d.reservation_keys),
+            "-" if d.expires_in is None else common.human_duration(d.expires_in),
+        )
+    return table
+
+
+@app.command("keys")
+def keys(redis_url: common.RedisUrl = None, json_output: common.JsonOutput = False) -> None:
+    """List every quota day in Redis (today, past and future days) with its counter, its
+    reservations and when its keys expire. Uses SCAN, never KEYS."""
+
+    async def main() -> tuple[str, list[DayKeys]]:
+        async with common.redis_client(common.redis_dsn(redis_url)) as redis:
+            today = (await common.current_policy(redis)).policy.today()
+            return today.isoformat(), await scan_days(redis, today)
+
+    today, days = common.run(main())
+    if json_output:
+        typer.echo(json.dumps({"today": today, "days": [asdict(d) for d in days]}, indent=2))
+    elif not days:
+        common.out().print(f"no quota keys in Redis (today is {today})")
+    else:
+        common.out().print(days_table(days))
+
+
+@app.command("clean")
+def clean(
+    yes: common.Yes = False,
+    dry_run: Annotated[bool, typer.Option(help="Only say what would be deleted.")] = False,
+    redis_url: common.RedisUrl = None,
+) -> None:
+    """Delete the keys of past quota days (their counters, reservation sets and the
+    reservations pointing to them); today's and later days' are kept. Uses SCAN, never KEYS.
+    Asks first unless --yes.
+
+    Exit status: 0 cleaned (or nothing to clean), 1 declined, 2 Redis cannot be reached."""
+
+    async def main() -> list[DayKeys]:
+        async with common.redis_client(common.redis_dsn(redis_url)) as redis:
+            today = (await common.current_policy(redis)).policy.today()
+            past = [d for d in await scan_days(redis, today) if d.when == "past"]
+            console = common.out()
+            if not past:
+                console.print(f"nothing to clean: no quota keys before {today}")
+                return []
+            console.print(days_table(past))
+            if dry_run:
+                console.print(f"dry run: would delete the keys of {len(past)} past day(s)")
+                return past
+            common.confirm(f"Delete the quota keys of {len(past)} past day(s)?", yes)
+            store = QuotaStore(redis)
+            for d in past:
+                await store.reset(dt.date.fromisoformat(d.day))
+            # Reservations whose day set had already expired.
+            await delete_reservations_before(redis, today)
+            console.print(f"deleted the quota keys of {len(past)} past day(s)")
+            return past
+
+    common.run(main())
+
+
+async def delete_reservations_before(redis: Any, today: dt.date) -> int:
+    deleted = 0
+    batch: list[str] = []
+
+    async def flush() -> None:
+        nonlocal deleted
+        values = await redis.mget(batch)
+        old = [
+            k
+            for k, v in zip(batch, values, strict=True)
+            if v is not None and _text(v) < today.isoformat()
+        ]
+        if old:
+            deleted += int(await redis.delete(*old))
+
+    async for raw in redis.scan_iter(match=f"{RESERVATION_PREFIX}*", count=1000):
+        batch.append(_text(raw))
+        if len(batch) >= 500:
+            await flush()
+            batch = []
+    if batch:
+        await flush()
+    return deleted
+
+
+@app.command("watch")
+def watch(
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.", min=0.1)] = 1.0,
+    count: Annotated[
+        int | None, typer.Option(help="Stop after this many refreshes (default: until Ctrl-C).")
+    ] = None,
+    redis_url: common.RedisUrl = None,
+) -> None:
+    """A live view of today's used vs limit (follows a policy change and the day's turn).
+    Ctrl-C ends it (exit status 0)."""
+
+    async def main() -> None:
+        async with common.redis_client(common.redis_dsn(redis_url)) as redis:
+            console = common.out()
+            previous: tuple[str, int, float] | None = None
+
+            async def frame() -> Group:
+                nonlocal previous
+                u = await usage(redis, None, False)
+                now = time.monotonic()
+                rate = ""
+                if previous is not None and previous[0] == u.day and now > previous[2]:
+                    per_minute = (u.used - previous[1]) / (now - previous[2]) * 60
+                    rate = f"  ({per_minute:+.0f}/min)"
+                previous = (u.day, u.used, now)
+                stamp = dt.datetime.now().strftime("%H:%M:%S")
+                header = Text.from_markup(f"[dim]{stamp}{escape(rate)}[/dim]")
+                return Group(header, render_usage(u))
+
+            await common.live_loop(console, frame, interval, count)
+
+    common.run(main(), interrupt_ok=True)
