@@ -3,20 +3,22 @@
 Every setting has a ``MEDBOOK_*`` name; the variable names of the reference
 system (``BOOKING_PORT``, ``RABBITMQ_URL``, ``REDIS_HOST``, ``DB_HOST``,
 ``R2_QUOTA_LIMIT``, ``BANNED_USER``, ...) are accepted as well, so an existing
-``.env`` keeps working. README.md lists them all with their defaults.
+``.env`` keeps working. README.md lists them all with their defaults (a test
+keeps the two in step).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
-def _env(*names: str) -> AliasChoices:
-    return AliasChoices(*names)
+def setting(default: Any, *names: str, help: str, **bounds: Any) -> Any:
+    """A field read from the first of ``names`` that is set in the environment."""
+    return Field(default=default, validation_alias=AliasChoices(*names), description=help, **bounds)
 
 
 class _Settings(BaseSettings):
@@ -24,25 +26,23 @@ class _Settings(BaseSettings):
 
 
 class PostgresSettings(_Settings):
-    url: str | None = Field(
-        default=None,
-        validation_alias=_env("MEDBOOK_DATABASE_URL", "DATABASE_URL"),
-        description="Full PostgreSQL URL; when set it wins over the DB_* parts.",
+    url: str | None = setting(
+        None, "MEDBOOK_DATABASE_URL", "DATABASE_URL",
+        help="Full PostgreSQL URL; when set it wins over the DB_* parts.",
+    )  # fmt: skip
+    host: str = setting("127.0.0.1", "MEDBOOK_DB_HOST", "DB_HOST", help="PostgreSQL host.")
+    port: int = setting(5432, "MEDBOOK_DB_PORT", "DB_PORT", help="PostgreSQL port.")
+    user: str = setting("postgres", "MEDBOOK_DB_USER", "DB_USERNAME", help="PostgreSQL user.")
+    password: SecretStr = setting(
+        SecretStr("postgres"), "MEDBOOK_DB_PASSWORD", "DB_PASSWORD", help="PostgreSQL password."
     )
-    host: str = Field(default="127.0.0.1", validation_alias=_env("MEDBOOK_DB_HOST", "DB_HOST"))
-    port: int = Field(default=5432, validation_alias=_env("MEDBOOK_DB_PORT", "DB_PORT"))
-    user: str = Field(default="postgres", validation_alias=_env("MEDBOOK_DB_USER", "DB_USERNAME"))
-    password: SecretStr = Field(
-        default=SecretStr("postgres"), validation_alias=_env("MEDBOOK_DB_PASSWORD", "DB_PASSWORD")
+    name: str = setting("medbook", "MEDBOOK_DB_NAME", "DB_NAME", help="Database name.")
+    pool_max: int = setting(20, "MEDBOOK_DB_POOL_MAX", help="Most connections per process.", ge=1)
+    connect_timeout: float = setting(
+        3.0, "MEDBOOK_DB_CONNECT_TIMEOUT", help="Seconds to wait for a new connection.", gt=0
     )
-    name: str = Field(default="medbook", validation_alias=_env("MEDBOOK_DB_NAME", "DB_NAME"))
-    pool_min: int = Field(default=2, ge=1, validation_alias=_env("MEDBOOK_DB_POOL_MIN"))
-    pool_max: int = Field(default=20, ge=1, validation_alias=_env("MEDBOOK_DB_POOL_MAX"))
-    connect_timeout: float = Field(
-        default=3.0, gt=0, validation_alias=_env("MEDBOOK_DB_CONNECT_TIMEOUT")
-    )
-    statement_timeout: float = Field(
-        default=10.0, gt=0, validation_alias=_env("MEDBOOK_DB_STATEMENT_TIMEOUT")
+    statement_timeout: float = setting(
+        10.0, "MEDBOOK_DB_STATEMENT_TIMEOUT", help="Seconds a statement may take.", gt=0
     )
 
     @property
@@ -65,37 +65,29 @@ class PostgresSettings(_Settings):
 
 
 class RabbitSettings(_Settings):
-    url: SecretStr = Field(
-        default=SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
-        validation_alias=_env("MEDBOOK_RABBITMQ_URL", "RABBITMQ_URL"),
+    url: SecretStr = setting(
+        SecretStr("amqp://guest:guest@127.0.0.1:5672/"), "MEDBOOK_RABBITMQ_URL", "RABBITMQ_URL",
+        help="AMQP URL of RabbitMQ.",
+    )  # fmt: skip
+    prefetch: int = setting(
+        128, "MEDBOOK_PREFETCH", help="Messages a consumer processes at once.", ge=1, le=65535
     )
-    prefetch: int = Field(default=128, ge=1, le=65535, validation_alias=_env("MEDBOOK_PREFETCH"))
-    max_tries: int = Field(
-        default=5,
-        ge=1,
-        validation_alias=_env("MEDBOOK_MAX_TRIES"),
-        description="Failed processing attempts before a message is dead-lettered.",
-    )
-    delivery_limit: int = Field(
-        default=20,
-        ge=1,
-        validation_alias=_env("MEDBOOK_DELIVERY_LIMIT"),
-        description="Broker-side safety net: deliveries (crashes included) before dead-lettering.",
-    )
+    max_tries: int = setting(
+        5, "MEDBOOK_MAX_TRIES",
+        help="Failed processing attempts before a message is dead-lettered.", ge=1,
+    )  # fmt: skip
 
 
 class RedisSettings(_Settings):
-    url: SecretStr | None = Field(
-        default=None, validation_alias=_env("MEDBOOK_REDIS_URL", "REDIS_URL")
+    url: SecretStr | None = setting(
+        None, "MEDBOOK_REDIS_URL", "REDIS_URL", help="Full Redis URL; wins over the REDIS_* parts."
     )
-    host: str = Field(
-        default="127.0.0.1", validation_alias=_env("MEDBOOK_REDIS_HOST", "REDIS_HOST")
+    host: str = setting("127.0.0.1", "MEDBOOK_REDIS_HOST", "REDIS_HOST", help="Redis host.")
+    port: int = setting(6379, "MEDBOOK_REDIS_PORT", "REDIS_PORT", help="Redis port.")
+    password: SecretStr | None = setting(
+        None, "MEDBOOK_REDIS_PASSWORD", "REDIS_PASSWORD", help="Redis password."
     )
-    port: int = Field(default=6379, validation_alias=_env("MEDBOOK_REDIS_PORT", "REDIS_PORT"))
-    password: SecretStr | None = Field(
-        default=None, validation_alias=_env("MEDBOOK_REDIS_PASSWORD", "REDIS_PASSWORD")
-    )
-    db: int = Field(default=0, ge=0, validation_alias=_env("MEDBOOK_REDIS_DB", "REDIS_DB"))
+    db: int = setting(0, "MEDBOOK_REDIS_DB", "REDIS_DB", help="Redis database number.", ge=0)
 
     @property
     def dsn(self) -> str:
@@ -106,16 +98,11 @@ class RedisSettings(_Settings):
 
 
 class TelemetrySettings(_Settings):
-    log_level: str = Field(default="INFO", validation_alias=_env("MEDBOOK_LOG_LEVEL", "LOG_LEVEL"))
-    log_format: Literal["auto", "json", "text"] = Field(
-        default="auto",
-        validation_alias=_env("MEDBOOK_LOG_FORMAT"),
-        description="auto: readable text on a terminal, JSON lines otherwise.",
-    )
-    log_personal_data: bool = Field(
-        default=False,
-        validation_alias=_env("MEDBOOK_LOG_PERSONAL_DATA"),
-        description="Allow names and dates of birth in logs and span attributes.",
+    log_level: str = setting("INFO", "MEDBOOK_LOG_LEVEL", "LOG_LEVEL", help="Logging level.")
+    log_format: Literal["auto", "json", "text"] = setting(
+        "auto",
+        "MEDBOOK_LOG_FORMAT",
+        help="auto: readable text on a terminal, JSON lines otherwise.",
     )
 
 
@@ -128,31 +115,34 @@ def _split_names(value: object) -> object:
 class PolicyDefaults(_Settings):
     """The quota policy's defaults, used when no policy was published to the store."""
 
-    daily_limit: int = Field(
-        default=100, ge=0, validation_alias=_env("MEDBOOK_DAILY_LIMIT", "R2_QUOTA_LIMIT")
+    daily_limit: int = setting(
+        100, "MEDBOOK_DAILY_LIMIT", "R2_QUOTA_LIMIT", help="Discounts granted per day.", ge=0
     )
-    discount_percent: float = Field(
-        default=12, ge=0, le=100, validation_alias=_env("MEDBOOK_DISCOUNT_PERCENT")
+    discount_percent: float = setting(
+        12, "MEDBOOK_DISCOUNT_PERCENT", help="Percent off an eligible booking.", ge=0, le=100
     )
-    time_zone: str = Field(default="Asia/Kolkata", validation_alias=_env("MEDBOOK_TIME_ZONE"))
-    birthday_rule: bool = Field(default=True, validation_alias=_env("MEDBOOK_BIRTHDAY_RULE"))
-    birthday_genders: Annotated[tuple[str, ...], NoDecode] = Field(
-        default=("Female",), validation_alias=_env("MEDBOOK_BIRTHDAY_GENDERS")
+    time_zone: str = setting(
+        "Asia/Kolkata", "MEDBOOK_TIME_ZONE", help="IANA zone of the quota day and birthdays."
     )
-    high_value_rule: bool = Field(default=True, validation_alias=_env("MEDBOOK_HIGH_VALUE_RULE"))
-    high_value_threshold: int = Field(
-        default=1000, ge=0, validation_alias=_env("MEDBOOK_HIGH_VALUE_THRESHOLD")
+    birthday_rule: bool = setting(True, "MEDBOOK_BIRTHDAY_RULE", help="Birthday rule on.")
+    birthday_genders: Annotated[tuple[str, ...], NoDecode] = setting(
+        ("Female",),
+        "MEDBOOK_BIRTHDAY_GENDERS",
+        help="Comma list of genders the birthday rule is for.",
     )
-    blocked_users: Annotated[tuple[str, ...], NoDecode] = Field(
-        default=("fail_test_user",),
-        validation_alias=_env("MEDBOOK_BLOCKED_USERS", "BANNED_USER"),
-    )
-    cleanup_schedule: str = Field(
-        default="* * * * *", validation_alias=_env("MEDBOOK_CLEANUP_SCHEDULE")
-    )
-    pending_timeout_seconds: int = Field(
-        default=300, ge=1, validation_alias=_env("MEDBOOK_PENDING_TIMEOUT")
-    )
+    high_value_rule: bool = setting(True, "MEDBOOK_HIGH_VALUE_RULE", help="High-value rule on.")
+    high_value_threshold: int = setting(
+        1000, "MEDBOOK_HIGH_VALUE_THRESHOLD",
+        help="Base price a booking must exceed for the high-value rule.", ge=0,
+    )  # fmt: skip
+    blocked_users: Annotated[tuple[str, ...], NoDecode] = setting(
+        ("fail_test_user",), "MEDBOOK_BLOCKED_USERS", "BANNED_USER",
+        help="Comma list of user names (or ids) whose bookings are rejected.",
+    )  # fmt: skip
+    pending_timeout_seconds: int = setting(
+        300, "MEDBOOK_PENDING_TIMEOUT",
+        help="Seconds a booking may stay PENDING before the sweep rejects it.", ge=1,
+    )  # fmt: skip
 
     _split = field_validator("birthday_genders", "blocked_users", mode="before")(_split_names)
 
@@ -160,32 +150,35 @@ class PolicyDefaults(_Settings):
 class BookingSettings(_Settings):
     """``medbook-booking``: the HTTP API, the outbox relay and the result consumer."""
 
-    host: str = Field(default="0.0.0.0", validation_alias=_env("MEDBOOK_HOST", "BOOKING_HOST"))
-    port: int = Field(default=3000, validation_alias=_env("MEDBOOK_PORT", "BOOKING_PORT"))
-    api_token: SecretStr | None = Field(
-        default=None,
-        validation_alias=_env("MEDBOOK_API_TOKEN"),
-        description="When set, every endpoint but health and metrics needs 'Bearer <token>'.",
+    host: str = setting(
+        "0.0.0.0", "MEDBOOK_HOST", "BOOKING_HOST", help="Address the API listens on."
     )
-    outbox_batch_size: int = Field(default=256, ge=1, validation_alias=_env("MEDBOOK_OUTBOX_BATCH"))
-    outbox_poll_interval: float = Field(
-        default=0.5, gt=0, validation_alias=_env("MEDBOOK_OUTBOX_POLL_INTERVAL")
+    port: int = setting(
+        3000, "MEDBOOK_PORT", "BOOKING_PORT", help="Port of the API (and /metrics)."
     )
-    shutdown_grace: float = Field(
-        default=20.0, gt=0, validation_alias=_env("MEDBOOK_SHUTDOWN_GRACE")
+    api_token: SecretStr | None = setting(
+        None, "MEDBOOK_API_TOKEN",
+        help="When set, every endpoint but health and metrics needs 'Bearer <token>'.",
+    )  # fmt: skip
+    outbox_batch_size: int = setting(
+        256, "MEDBOOK_OUTBOX_BATCH", help="Outbox rows published per batch.", ge=1
     )
-    max_pending: int = Field(
-        default=64,
-        ge=0,
-        validation_alias=_env("MEDBOOK_MAX_PENDING"),
-        description="Saga backlog (PENDING bookings) over which creates wait; 0: no limit.",
-    )
-    admission_wait: float = Field(
-        default=1.0,
-        ge=0,
-        validation_alias=_env("MEDBOOK_ADMISSION_WAIT"),
-        description="Longest a create waits for the backlog to drain (then it goes on).",
-    )
+    outbox_poll_interval: float = setting(
+        0.5, "MEDBOOK_OUTBOX_POLL_INTERVAL",
+        help="Seconds between outbox polls (rows committed by other processes).", gt=0,
+    )  # fmt: skip
+    shutdown_grace: float = setting(
+        20.0, "MEDBOOK_SHUTDOWN_GRACE",
+        help="Seconds to finish in-flight requests and messages on SIGTERM.", gt=0,
+    )  # fmt: skip
+    max_pending: int = setting(
+        64, "MEDBOOK_MAX_PENDING",
+        help="Saga backlog (PENDING bookings) over which creates wait; 0: no limit.", ge=0,
+    )  # fmt: skip
+    admission_wait: float = setting(
+        1.0, "MEDBOOK_ADMISSION_WAIT",
+        help="Longest a create waits for the backlog to drain (then it goes on).", ge=0,
+    )  # fmt: skip
     database: PostgresSettings = Field(default_factory=PostgresSettings)
     rabbit: RabbitSettings = Field(default_factory=RabbitSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
@@ -194,20 +187,24 @@ class BookingSettings(_Settings):
 class DiscountSettings(_Settings):
     """``medbook-discount``: the discount worker."""
 
-    metrics_port: int = Field(default=9464, validation_alias=_env("MEDBOOK_METRICS_PORT"))
-    metrics_host: str = Field(default="0.0.0.0", validation_alias=_env("MEDBOOK_METRICS_HOST"))
-    policy_refresh_interval: float = Field(
-        default=1.0, gt=0, validation_alias=_env("MEDBOOK_POLICY_REFRESH")
+    metrics_port: int = setting(
+        9464, "MEDBOOK_METRICS_PORT", help="Port of the worker's /healthz, /readyz, /metrics."
     )
-    record_ttl_seconds: int = Field(
-        default=7 * 24 * 3600,
-        ge=3600,
-        validation_alias=_env("MEDBOOK_IDEMPOTENCY_TTL"),
-        description="How long a booking's idempotency record (and its result) is kept.",
+    metrics_host: str = setting("0.0.0.0", "MEDBOOK_METRICS_HOST", help="Address of that port.")
+    policy_refresh_interval: float = setting(
+        1.0,
+        "MEDBOOK_POLICY_REFRESH",
+        help="Seconds between re-reads of the published policy.",
+        gt=0,
     )
-    shutdown_grace: float = Field(
-        default=20.0, gt=0, validation_alias=_env("MEDBOOK_SHUTDOWN_GRACE")
-    )
+    record_ttl_seconds: int = setting(
+        7 * 24 * 3600, "MEDBOOK_IDEMPOTENCY_TTL",
+        help="Seconds a booking's idempotency record (and its result) is kept.", ge=3600,
+    )  # fmt: skip
+    shutdown_grace: float = setting(
+        20.0, "MEDBOOK_SHUTDOWN_GRACE",
+        help="Seconds to finish in-flight requests and messages on SIGTERM.", gt=0,
+    )  # fmt: skip
     redis: RedisSettings = Field(default_factory=RedisSettings)
     rabbit: RabbitSettings = Field(default_factory=RabbitSettings)
     policy: PolicyDefaults = Field(default_factory=PolicyDefaults)
@@ -217,8 +214,9 @@ class DiscountSettings(_Settings):
 class CleanupSettings(_Settings):
     """``medbook-cleanup``: the timeout sweep."""
 
-    pending_timeout_seconds: int = Field(
-        default=300, ge=1, validation_alias=_env("MEDBOOK_PENDING_TIMEOUT")
-    )
+    pending_timeout_seconds: int = setting(
+        300, "MEDBOOK_PENDING_TIMEOUT",
+        help="Seconds a booking may stay PENDING before the sweep rejects it.", ge=1,
+    )  # fmt: skip
     database: PostgresSettings = Field(default_factory=PostgresSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)

@@ -185,9 +185,7 @@ class QuotaPolicy(_Model):
                 ),
             ),
             blocked_users=d.blocked_users,
-            cleanup=Cleanup(
-                schedule=d.cleanup_schedule, pending_timeout_seconds=d.pending_timeout_seconds
-            ),
+            cleanup=Cleanup(pending_timeout_seconds=d.pending_timeout_seconds),
         )
 
 
