@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: dev test bench lint format lock system-deps install install-dev clean-dev
+.PHONY: dev test bench lint format lock system-deps install install-dev clean-dev images
 
 ## Run the whole system locally (installs what is missing first). Ctrl-C stops everything.
 dev: install
@@ -47,3 +47,8 @@ $(VENV)/.installed-dev: pyproject.toml requirements-dev.lock
 
 clean-dev:
 	rm -rf .data
+
+## Build the container images (medbook-booking, medbook-discount) with buildah; IMAGES_ARGS
+## goes to scripts/build-images (e.g. IMAGES_ARGS="--tag dev --archive build/images").
+images:
+	scripts/build-images $(IMAGES_ARGS)
