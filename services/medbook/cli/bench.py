@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import httpx
 import port_for
@@ -20,7 +20,9 @@ import typer
 from rich.console import Console
 
 from medbook.cli.loadgen import LoadProfile, LoadReport, LoadRun, render
-from medbook.devstack.stack import DevStack, StackPorts
+
+if TYPE_CHECKING:
+    from medbook.devstack.stack import DevStack
 
 console = Console(stderr=True)
 
@@ -47,6 +49,8 @@ def run_profile(
 @contextlib.contextmanager
 def local_system(bookings: int, tracing: bool) -> Iterator[tuple[DevStack, str | None]]:
     """A fresh local system in a temporary folder (durability settings as in production)."""
+    from medbook.devstack.stack import DevStack, StackPorts
+
     with tempfile.TemporaryDirectory(prefix="medbook-bench-") as tmp:
         extra = {
             "MEDBOOK_DAILY_LIMIT": str(max(bookings, 100)),

@@ -11,9 +11,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from medbook.devstack.stack import DevStack, StackPorts
-
 console = Console(stderr=True)
+
+# StackPorts' defaults, written out so that `medbook` starts without importing the dev stack
+# (alembic, SQLAlchemy: a second of start-up); tests/cli checks that they agree.
+POSTGRES_PORT, REDIS_PORT, AMQP_PORT, HTTP_PORT, METRICS_PORT = 54329, 63799, 56729, 3000, 9464
 
 
 def dev(
@@ -21,20 +23,18 @@ def dev(
         Path,
         typer.Option(envvar="MEDBOOK_DEV_DATA", help="Folder for the servers' data and the logs."),
     ] = Path(".data"),
-    postgres_port: Annotated[
-        int, typer.Option(envvar="MEDBOOK_DEV_POSTGRES_PORT")
-    ] = StackPorts.postgres,
-    redis_port: Annotated[int, typer.Option(envvar="MEDBOOK_DEV_REDIS_PORT")] = StackPorts.redis,
-    amqp_port: Annotated[int, typer.Option(envvar="MEDBOOK_DEV_AMQP_PORT")] = StackPorts.amqp,
+    postgres_port: Annotated[int, typer.Option(envvar="MEDBOOK_DEV_POSTGRES_PORT")] = POSTGRES_PORT,
+    redis_port: Annotated[int, typer.Option(envvar="MEDBOOK_DEV_REDIS_PORT")] = REDIS_PORT,
+    amqp_port: Annotated[int, typer.Option(envvar="MEDBOOK_DEV_AMQP_PORT")] = AMQP_PORT,
     http_port: Annotated[
         int, typer.Option(envvar="MEDBOOK_DEV_HTTP_PORT", help="The booking API.")
-    ] = StackPorts.http,
+    ] = HTTP_PORT,
     metrics_port: Annotated[
         int,
         typer.Option(
             envvar="MEDBOOK_DEV_METRICS_PORT", help="The discount worker's health and metrics."
         ),
-    ] = StackPorts.discount_metrics,
+    ] = METRICS_PORT,
     sweep_every: Annotated[float, typer.Option(help="Seconds between timeout sweeps.")] = 10.0,
     pending_timeout: Annotated[
         int, typer.Option(help="Seconds before a PENDING booking is swept.")
@@ -45,6 +45,8 @@ def dev(
 
     The data stays in DATA_DIR, so the next start finds the same bookings and quota.
     """
+    from medbook.devstack.stack import DevStack, StackPorts
+
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
