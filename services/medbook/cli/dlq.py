@@ -12,8 +12,10 @@ from the dead-letter queue.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -79,9 +81,14 @@ QueueOption = Annotated[
 Selectors = Annotated[
     list[str] | None,
     typer.Argument(
-        help="Messages: positions as `list` numbers them (with --queue), message ids or booking "
-        "ids.",
+        help="Messages: their ref (as `list` shows it), message id or booking id.",
         show_default=False,
+    ),
+]
+Scan = Annotated[
+    int,
+    typer.Option(
+        help="Read at most this many messages per queue (the rest are not looked at).", min=1
     ),
 ]
 
@@ -113,6 +120,7 @@ class Letter:
 
     queue: str
     position: int
+    ref: str
     type: str | None
     message_id: str | None
     booking_id: str | None
@@ -124,7 +132,7 @@ class Letter:
     body: str = ""
 
     def matches(self, selector: str) -> bool:
-        return selector in (self.message_id, self.booking_id) or selector == str(self.position)
+        return selector in (self.ref, self.message_id, self.booking_id)
 
     def to_dict(self, with_body: bool = True) -> dict[str, Any]:
         data = dict(self.__dict__)
@@ -152,12 +160,19 @@ def read_letter(queue: str, position: int, message: AbstractIncomingMessage) -> 
         )
         tries = headers.get("x-delivery-count")
         at = _text(death.get("time"))
+    digest = hashlib.sha256(
+        json.dumps(
+            [queue, message.message_id, _text(at), tries, _text(reason)], default=str
+        ).encode()
+        + message.body
+    ).hexdigest()[:10]
     booking_id = None
     with contextlib.suppress(ValueError, TypeError, AttributeError):
         booking_id = json.loads(message.body).get("bookingId")
     return Letter(
         queue=queue,
         position=position,
+        ref=digest,
         type=message.type,
         message_id=message.message_id,
         booking_id=booking_id if isinstance(booking_id, str) else None,
@@ -180,68 +195,56 @@ async def open_queue(channel: AbstractChannel, name: str) -> AbstractQueue | Non
 
 @contextlib.asynccontextmanager
 async def browsing(
-    connection: Any, name: str
-) -> AsyncIterator[tuple[int, AsyncIterator[tuple[int, AbstractIncomingMessage]]]]:
-    """(count, messages) of a queue; messages fetched unacked go back when the block ends.
+    connection: Any, name: str, scan: int
+) -> AsyncIterator[tuple[int, list[AbstractIncomingMessage]]]:
+    """(count in the queue, the first ``scan`` messages), fetched without an ack.
 
-    Ack a message to remove it; leave it to keep it.
+    Ack a message inside the block to remove it; every other one goes back to the
+    queue, in its order, when the block ends (the channel closes).
     """
     channel = await connection.channel(publisher_confirms=False)
     try:
         queue = await open_queue(channel, name)
-        count = 0
         if queue is None:
-            channel = None
-        else:
-            count = queue.declaration_result.message_count or 0
-
-        async def messages() -> AsyncIterator[tuple[int, AbstractIncomingMessage]]:
-            if queue is None:
-                return
-            for position in range(1, count + 1):  # what was there when we started
-                message = await queue.get(no_ack=False, fail=False, timeout=10)
-                if message is None:
-                    return
-                yield position, message
-
-        yield count, messages()
+            yield 0, []
+            return
+        count = queue.declaration_result.message_count or 0
+        wanted = min(count, scan)
+        messages: list[AbstractIncomingMessage] = []
+        if wanted:
+            await channel.set_qos(prefetch_count=0)  # all of them at once, not one get each
+            async with queue.iterator(no_ack=False) as iterator:
+                with contextlib.suppress(TimeoutError, StopAsyncIteration):
+                    while len(messages) < wanted:
+                        # Fewer than counted: another client took some meanwhile.
+                        messages.append(await asyncio.wait_for(anext(iterator), 5))
+        yield count, messages
     finally:
-        if channel is not None and not channel.is_closed:
+        if not channel.is_closed:
             with contextlib.suppress(Exception):
                 await channel.close()  # unacked messages return to the queue
 
 
-def check_selection(
-    names: list[str], selectors: list[str], everything: bool, counts: dict[str, int]
-) -> None:
+def check_selection(selectors: list[str], everything: bool) -> None:
     if everything and selectors:
-        raise UsageProblem("give message selectors or --all, not both")
+        raise UsageProblem("give message refs or ids, or --all, not both")
     if not everything and not selectors:
-        raise UsageProblem("say which messages: positions, message ids, booking ids, or --all")
-    positions = [s for s in selectors if s.isdigit()]
-    if positions and len([n for n in names if counts.get(n)]) > 1:
-        raise UsageProblem(
-            "positions are per queue: give --queue discount or --queue booking with them"
-        )
+        raise UsageProblem("say which messages: refs (see `medbook dlq list`), ids, or --all")
 
 
 # -- list / show ---------------------------------------------------------------------------
 
 
 async def collect(
-    amqp_url: str, names: list[str], limit: int | None, selectors: list[str] | None = None
+    amqp_url: str, names: list[str], scan: int, selectors: list[str] | None = None
 ) -> dict[str, tuple[int, list[Letter]]]:
     found: dict[str, tuple[int, list[Letter]]] = {}
     async with common.broker(amqp_url) as connection:
         for name in names:
-            letters: list[Letter] = []
-            async with browsing(connection, name) as (count, messages):
-                async for position, message in messages:
-                    letter = read_letter(name, position, message)
-                    if selectors is None or any(letter.matches(s) for s in selectors):
-                        letters.append(letter)
-                    if limit is not None and len(letters) >= limit:
-                        break
+            async with browsing(connection, name, scan) as (count, messages):
+                letters = [read_letter(name, i, m) for i, m in enumerate(messages, start=1)]
+            if selectors is not None:
+                letters = [x for x in letters if any(x.matches(s) for s in selectors)]
             found[name] = (count, letters)
     return found
 
@@ -250,13 +253,14 @@ async def collect(
 def list_(
     queue: QueueOption = None,
     limit: Annotated[int, typer.Option(help="Messages shown per queue.", min=1)] = 20,
+    scan: Scan = 10_000,
     amqp_url: common.AmqpUrl = None,
     json_output: common.JsonOutput = False,
 ) -> None:
-    """How many messages each dead-letter queue holds, and the first --limit of them with their
-    event type, booking, reason and tries. Nothing is consumed."""
+    """How many messages each dead-letter queue holds, the first --limit of them (ref, event
+    type, booking, tries, when, reason), and the count by reason. Nothing is consumed."""
     names = dlq_names(queue)
-    found = common.run(collect(common.amqp_dsn(amqp_url), names, limit))
+    found = common.run(collect(common.amqp_dsn(amqp_url), names, scan))
     if json_output:
         typer.echo(
             json.dumps(
@@ -264,7 +268,8 @@ def list_(
                     {
                         "queue": name,
                         "count": count,
-                        "messages": [x.to_dict(with_body=False) for x in letters],
+                        "by_reason": dict(Counter(x.reason for x in letters)),
+                        "messages": [x.to_dict(with_body=False) for x in letters[:limit]],
                     }
                     for name, (count, letters) in found.items()
                 ],
@@ -278,11 +283,12 @@ def list_(
             console.print(f"{name}: empty")
             continue
         table = Table(title=f"{name}: {count} message(s)", title_justify="left")
-        for column in ("#", "type", "booking", "tries", "dead-lettered", "reason"):
+        for column in ("#", "ref", "type", "booking", "tries", "dead-lettered", "reason"):
             table.add_column(column, justify="right" if column in ("#", "tries") else "left")
-        for x in letters:
+        for x in letters[:limit]:
             table.add_row(
                 str(x.position),
+                x.ref,
                 x.type or "-",
                 x.booking_id or "-",
                 "-" if x.tries is None else str(x.tries),
@@ -290,19 +296,21 @@ def list_(
                 escape(x.reason[:120]),
             )
         console.print(table)
+        if count > limit:
+            console.print(f"  ... and {count - min(limit, len(letters))} more (--limit)")
         if count > len(letters):
-            console.print(f"  ... and {count - len(letters)} more (--limit)")
-        reasons = Counter(x.reason[:80] for x in letters)
-        if len(reasons) > 1:
-            console.print(
-                "  by reason: " + "; ".join(f"{n}x {escape(r)}" for r, n in reasons.most_common(5))
-            )
+            console.print(f"  (only the first {len(letters)} were read: --scan)")
+        reasons = Counter(x.reason[:100] for x in letters)
+        console.print(f"  by reason (of {len(letters)} read):")
+        for reason, n in reasons.most_common(10):
+            console.print(f"    {n:>6}  {escape(reason)}")
 
 
 @app.command("show")
 def show(
     selectors: Selectors = None,
     queue: QueueOption = None,
+    scan: Scan = 10_000,
     amqp_url: common.AmqpUrl = None,
     json_output: common.JsonOutput = False,
 ) -> None:
@@ -311,10 +319,8 @@ def show(
     names = dlq_names(queue)
     wanted = list(selectors or [])
     if not wanted:
-        raise typer.BadParameter("say which message (a position, a message id, a booking id)")
-    if any(s.isdigit() for s in wanted) and queue is None:
-        raise typer.BadParameter("positions are per queue: add --queue discount or booking")
-    found = common.run(collect(common.amqp_dsn(amqp_url), names, None, wanted))
+        raise typer.BadParameter("say which message: its ref (see `medbook dlq list`) or an id")
+    found = common.run(collect(common.amqp_dsn(amqp_url), names, scan, wanted))
     letters = [x for _, (_, xs) in found.items() for x in xs]
     if json_output:
         typer.echo(json.dumps([x.to_dict() for x in letters], indent=2))
@@ -325,7 +331,7 @@ def show(
     if json_output:
         return
     for x in letters:
-        console.print(f"[bold]{x.queue} #{x.position}[/bold]")
+        console.print(f"[bold]{x.queue} #{x.position}[/bold] ref {x.ref}")
         for label, value in (
             ("type", x.type),
             ("message id", x.message_id),
@@ -383,6 +389,17 @@ class Moved:
         return dict(counts)
 
 
+async def queue_counts(connection: Any, names: list[str]) -> dict[str, int]:
+    counts = {}
+    for name in names:
+        channel = await connection.channel()
+        queue = await open_queue(channel, name)
+        counts[name] = (queue.declaration_result.message_count or 0) if queue else 0
+        if not channel.is_closed:
+            await channel.close()
+    return counts
+
+
 async def take(
     amqp_url: str,
     names: list[str],
@@ -391,26 +408,18 @@ async def take(
     *,
     replay: bool,
     yes: bool,
+    scan: int,
 ) -> Moved:
     """Replay (or delete) the selected messages; the others stay where they were."""
+    check_selection(selectors, everything)
     moved = Moved()
     known = {e.value for e in Event}
     async with common.broker(amqp_url) as connection:
-        counts = {}
-        for name in names:
-            channel = await connection.channel()
-            queue = await open_queue(channel, name)
-            counts[name] = (queue.declaration_result.message_count or 0) if queue else 0
-            if not channel.is_closed:
-                await channel.close()
-        check_selection(names, selectors, everything, counts)
-        if not replay:
-            what = (
-                "every message" if everything else f"the messages matching {', '.join(selectors)}"
-            )
-            common.confirm(
-                f"Delete {what} from {', '.join(n for n in names if counts[n]) or 'the DLQs'}?", yes
-            )
+        counts = await queue_counts(connection, names)
+        if not replay and any(counts.values()):
+            what = "every message" if everything else f"the messages {', '.join(selectors)}"
+            where = ", ".join(f"{n} ({counts[n]} in all)" for n in names if counts[n])
+            common.confirm(f"Delete {what} from {where}?", yes)
         publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
         exchange = await publisher.get_exchange(EXCHANGE, ensure=True) if replay else None
         for name in names:
@@ -423,31 +432,65 @@ async def take(
                 moved.purged[name] = purged.message_count or 0
                 await channel.close()
                 continue
-            async with browsing(connection, name) as (_, messages):
-                async for position, message in messages:
-                    letter = read_letter(name, position, message)
-                    if not everything and not any(letter.matches(s) for s in selectors):
-                        continue
+            # With --all, round after round until what was there at the start went through.
+            remaining = counts[name] if everything else min(counts[name], scan)
+            while remaining > 0:
+                async with browsing(connection, name, min(remaining, scan)) as (_, messages):
+                    if not messages:
+                        break
+                    remaining -= len(messages)
+                    letters = [read_letter(name, i, m) for i, m in enumerate(messages, start=1)]
+                    chosen = [
+                        (x, m)
+                        for x, m in zip(letters, messages, strict=True)
+                        if everything or any(x.matches(s) for s in selectors)
+                    ]
                     if not replay:
-                        await message.ack()
-                        moved.done.append(letter)
-                        continue
-                    if message.type not in known:
-                        moved.refused.append(
-                            (letter, f"event type {message.type!r} cannot be routed; purge it")
-                        )
-                        continue
-                    assert exchange is not None
-                    await exchange.publish(replay_copy(message), routing_key=message.type)
-                    await message.ack()
-                    moved.done.append(letter)
+                        for letter, message in chosen:
+                            await message.ack()
+                            moved.done.append(letter)
+                    else:
+                        assert exchange is not None
+                        await replay_batch(exchange, chosen, known, moved)
+                if not everything:
+                    break
         await publisher.close()
     return moved
+
+
+async def replay_batch(
+    exchange: Any,
+    chosen: list[tuple[Letter, AbstractIncomingMessage]],
+    known: set[str],
+    moved: Moved,
+    batch: int = 200,
+) -> None:
+    """Publish each with a confirm (many in flight), then ack it in the dead-letter queue."""
+    routable = []
+    for letter, message in chosen:
+        if message.type in known:
+            routable.append((letter, message))
+        else:
+            why = f"event type {message.type!r} cannot be routed: purge it, or fix and republish"
+            moved.refused.append((letter, why))
+    for start in range(0, len(routable), batch):
+        part = routable[start : start + batch]
+        results = await asyncio.gather(
+            *(exchange.publish(replay_copy(m), routing_key=m.type) for _, m in part),
+            return_exceptions=True,
+        )
+        for (letter, message), result in zip(part, results, strict=True):
+            if isinstance(result, BaseException):
+                moved.refused.append((letter, f"the broker did not take it: {result!r}"))
+            else:
+                await message.ack()
+                moved.done.append(letter)
 
 
 @app.command("replay")
 def replay(
     selectors: Selectors = None,
+    scan: Scan = 10_000,
     everything: Annotated[
         bool, typer.Option("--all", help="Every message now in the queue(s).")
     ] = False,
@@ -459,8 +502,8 @@ def replay(
     republished with its type and headers (tries reset) to the saga's exchange, confirmed by
     the broker, then removed from the dead-letter queue. A message that fails again comes back.
 
-    Exit status: 0 every selected message replayed, 1 none matched or some could not be
-    replayed (unknown event type), 2 bad selection or no broker."""
+    Exit status: 0 every selected message replayed (--all: also when there was none), 1 none
+    matched or some could not be replayed (unknown event type), 2 bad selection or no broker."""
     names = dlq_names(queue)
     moved = common.run(
         take(
@@ -470,14 +513,16 @@ def replay(
             everything,
             replay=True,
             yes=True,
+            scan=scan,
         )
     )
-    report(moved, "replayed", json_output)
+    report(moved, "replayed", json_output, everything)
 
 
 @app.command("purge")
 def purge(
     selectors: Selectors = None,
+    scan: Scan = 10_000,
     everything: Annotated[
         bool, typer.Option("--all", help="Every message in the queue(s).")
     ] = False,
@@ -488,7 +533,8 @@ def purge(
 ) -> None:
     """Delete dead-lettered messages for good. Asks first unless --yes.
 
-    Exit status: 0 deleted, 1 declined or none matched, 2 bad selection or no broker."""
+    Exit status: 0 deleted (--all: also when there was none), 1 declined or none matched,
+    2 bad selection or no broker."""
     names = dlq_names(queue)
     moved = common.run(
         take(
@@ -498,12 +544,13 @@ def purge(
             everything,
             replay=False,
             yes=yes,
+            scan=scan,
         )
     )
-    report(moved, "deleted", json_output)
+    report(moved, "deleted", json_output, everything)
 
 
-def report(moved: Moved, verb: str, as_json: bool) -> None:
+def report(moved: Moved, verb: str, as_json: bool, everything: bool) -> None:
     if as_json:
         typer.echo(
             json.dumps(
@@ -526,8 +573,8 @@ def report(moved: Moved, verb: str, as_json: bool) -> None:
             + (" (" + ", ".join(f"{q}: {n}" for q, n in by_queue.items()) + ")" if by_queue else "")
         )
         for x in moved.done:
-            console.print(f"  {x.queue} #{x.position} {x.type or '-'} {x.booking_id or ''}")
+            console.print(f"  {x.queue} {x.ref} {x.type or '-'} {x.booking_id or ''}")
         for x, why in moved.refused:
-            console.print(f"  [red]not {verb}[/red] {x.queue} #{x.position}: {escape(why)}")
-    if moved.refused or not moved.total:
+            console.print(f"  [red]not {verb}[/red] {x.queue} {x.ref}: {escape(why)}")
+    if moved.refused or not (moved.total or everything):
         raise typer.Exit(common.EXIT_FAILED)
