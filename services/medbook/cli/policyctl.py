@@ -82,10 +82,12 @@ class LimitChange:
         self.publish_timeout = publish_timeout
         self.say = say
         self._restore: Callable[[], Any] | None = None
+        self._original_limit: int | None = None
 
     async def set(self, limit: int) -> None:
         view = await current_policy(self.redis)
         original: QuotaPolicy = view.policy
+        self._original_limit = original.daily_limit
         with_limit(original, limit)  # a bad value fails here, before anything changes
         target = parse_owner(view.owner) if view.owner else None
         if view.owner and target is None:
@@ -96,8 +98,9 @@ class LimitChange:
                 f"daily limit {original.daily_limit} -> {limit} on QuotaPolicy "
                 f"{namespace}/{name} (kubectl patch)"
             )
+            await self._kubectl_patch(namespace, name, limit)  # refused: nothing changed
             self._restore = lambda: self._patch(namespace, name, original.daily_limit)
-            await self._patch(namespace, name, limit)
+            await self._wait_published(f"QuotaPolicy {namespace}/{name}", limit)
         elif view.published:
             self.say(f"daily limit {original.daily_limit} -> {limit} in the policy store")
             self._restore = lambda: self.store.publish(original)
@@ -111,17 +114,33 @@ class LimitChange:
             await self.store.publish(with_limit(original, limit))
         await self._worker_reread()
 
-    async def restore(self) -> None:
+    async def restore(self) -> bool:
+        """Put the policy back; on failure say how to do it by hand (never raises)."""
         if self._restore is None:
-            return
+            return True
         restore, self._restore = self._restore, None
-        await restore()
+        try:
+            await restore()
+        except Exception as exc:
+            self.say(
+                f"[red]could not restore the policy ({exc}); restore the daily limit to "
+                f"{self._original_limit} by hand[/red]"
+            )
+            return False
         await self._worker_reread()
         self.say("policy restored")
+        return True
 
     async def _patch(self, namespace: str, name: str, limit: int) -> None:
+        await self._kubectl_patch(namespace, name, limit)
+        await self._wait_published(f"QuotaPolicy {namespace}/{name}", limit)
+
+    async def _kubectl_patch(self, namespace: str, name: str, limit: int) -> None:
         patch = json.dumps({"spec": {"dailyLimit": limit}})
         await kubectl("-n", namespace, "patch", "quotapolicy", name, "--type", "merge", "-p", patch)
+
+    async def _wait_published(self, owner: str, limit: int) -> None:
+        """The operator re-publishes the patched object; wait until the store shows it."""
         deadline = time.monotonic() + self.publish_timeout
         while True:
             published = await self.store.load()
@@ -129,8 +148,8 @@ class LimitChange:
                 return
             if time.monotonic() > deadline:
                 raise UsageProblem(
-                    f"QuotaPolicy {namespace}/{name} was patched but the operator did not "
-                    f"publish daily limit {limit} within {self.publish_timeout:.0f}s"
+                    f"{owner} was patched but the operator did not publish daily limit "
+                    f"{limit} within {self.publish_timeout:.0f}s"
                 )
             await asyncio.sleep(0.1)
 

@@ -285,7 +285,10 @@ async def blocked(saga: Saga) -> Outcome:
         booking["status"] == "REJECTED" and booking["failReason"] == BLOCKED_USER_REASON,
     )
     outcome.check(
-        "no price", "finalPrice null", booking["finalPrice"], booking["finalPrice"] is None
+        "no price",
+        "finalPrice null",
+        json.dumps(booking["finalPrice"]),
+        booking["finalPrice"] is None,
     )
     outcome.check(
         "one outcome",
