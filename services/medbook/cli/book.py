@@ -6,7 +6,6 @@ import datetime as dt
 import json
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -17,14 +16,32 @@ from medbook.cli.common import UsageProblem
 from medbook.contracts import TERMINAL_STATUSES, Gender
 
 
+def ask(question: str) -> str:
+    """Ask on standard error, read a line from standard input (so --json output stays clean)."""
+    while True:
+        common.err().print(f"{question}: ", end="")
+        try:
+            answer = input().strip()
+        except EOFError:
+            common.err().print()
+            raise typer.Abort() from None
+        if answer:
+            return answer
+
+
 def ask_gender() -> str:
-    choices = click.Choice([g.value for g in Gender], case_sensitive=False)
-    return str(typer.prompt("Gender", type=choices, err=True))
+    choices = [g.value for g in Gender]
+    while True:
+        answer = ask(f"Gender ({'/'.join(choices)})")
+        for choice in choices:
+            if answer.lower() == choice.lower():
+                return choice
+        common.err().print(f"[red]choose one of {', '.join(choices)}[/red]")
 
 
 def ask_dob() -> str:
     while True:
-        answer = typer.prompt("Date of birth (YYYY-MM-DD)", err=True).strip()
+        answer = ask("Date of birth (YYYY-MM-DD)")
         try:
             dt.date.fromisoformat(answer)
         except ValueError:
@@ -60,7 +77,7 @@ def ask_services(catalog: list[dict[str, Any]], gender: str) -> list[str]:
         table.add_row(str(number), item["name"], str(item["price"]))
     common.err().print(table)
     while True:
-        answer = typer.prompt("Services (numbers or names, comma-separated)", err=True)
+        answer = ask("Services (numbers or names, comma-separated)")
         picked = pick_services(answer, catalog)
         if isinstance(picked, list):
             return picked
@@ -99,7 +116,7 @@ async def book_main(
     out, say = common.out(), common.err()
     async with BookingApi(url, token) as api:
         if fields["userName"] is None:
-            fields["userName"] = typer.prompt("Name", err=True).strip()
+            fields["userName"] = ask("Name")
         if fields["gender"] is None:
             fields["gender"] = ask_gender()
         if fields["dob"] is None:
@@ -117,7 +134,7 @@ async def book_main(
             replay = " (replayed: this Idempotency-Key was used before)" if created.replayed else ""
             out.print(
                 f"booking [bold]{booking_id}[/bold] {created.body['status']}{replay}\n"
-                f"  trace {created.body['traceId']}"
+                f"  trace {created.body['traceId']} (times below in UTC)"
             )
         if not wait:
             return (await api.get(booking_id)) or {}

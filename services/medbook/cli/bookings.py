@@ -88,8 +88,11 @@ class BookingsView:
             title=f"{stamp}  the {len(rows)} most recent bookings ({pending} PENDING in all)",
             title_justify="left",
         )
-        for column in ("booking", "user", "status", "price", "age", "last step"):
-            table.add_column(column, justify="right" if column in ("price", "age") else "left")
+        # The short columns keep their width; the last step takes what is left, cut with "...".
+        for column in ("booking", "user", "status", "price", "age"):
+            justify = "right" if column in ("price", "age") else "left"
+            table.add_column(column, justify=justify, no_wrap=True)
+        table.add_column("last step")
         for row in rows:
             booking_id, status = row["id"], row["status"]
             before = self.seen.get(booking_id)
@@ -101,11 +104,11 @@ class BookingsView:
                 price = f"{row['base_price']} -> {row['final_price']}"
             table.add_row(
                 booking_id[:8],
-                escape(row["user_name"][:24]),
+                escape(row["user_name"][:24]),  # names are cut, never wrapped
                 status_text(status),
                 price,
                 common.human_duration(now - row["created_at"]),
-                escape(history_text(row["last_entry"])[:60]),
+                Text(history_text(row["last_entry"]), no_wrap=True, overflow="ellipsis"),
             )
         self.first = False
         del self.changes[:-10]

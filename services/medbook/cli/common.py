@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import os
 import re
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -35,18 +36,21 @@ EXIT_INTERRUPTED: Final = 130  # Ctrl-C during a run (live views end with 0)
 DEFAULT_API_URL: Final = "http://127.0.0.1:3000"
 
 
+def _width(terminal: bool) -> int | None:
+    # Piped output is not wrapped (wide tables stay one line per row) unless COLUMNS says so.
+    return None if terminal or os.environ.get("COLUMNS") else 200
+
+
 def out() -> Console:
-    """Standard output (results). Wide when not a terminal, so piped lines are not wrapped."""
+    """Standard output (results)."""
     terminal = sys.stdout.isatty()
-    return Console(highlight=False, width=None if terminal else 200, soft_wrap=not terminal)
+    return Console(highlight=False, width=_width(terminal), soft_wrap=not terminal)
 
 
 def err() -> Console:
     """Standard error (progress, warnings, errors)."""
     terminal = sys.stderr.isatty()
-    return Console(
-        stderr=True, highlight=False, width=None if terminal else 200, soft_wrap=not terminal
-    )
+    return Console(stderr=True, highlight=False, width=_width(terminal), soft_wrap=not terminal)
 
 
 def mask(url: str) -> str:
@@ -184,7 +188,13 @@ async def database(url: str) -> AsyncIterator[Any]:
 @contextlib.asynccontextmanager
 async def broker(url: str) -> AsyncIterator[Any]:
     """An aio-pika connection to RabbitMQ (else :class:`Unreachable`)."""
+    import logging
+
     import aio_pika
+
+    # Their own log lines would repeat, as a traceback, what Unreachable says in one line.
+    for name in ("aio_pika", "aiormq"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
     try:
         connection = await aio_pika.connect(
@@ -234,11 +244,9 @@ def confirm(question: str, yes: bool) -> None:
     """Ask before a destructive step; a refusal (or no terminal to ask on) exits 1."""
     if yes:
         return
-    import click
-
     try:
         answer = typer.confirm(question, default=False, err=True)
-    except click.exceptions.Abort:  # no answer (end of input)
+    except typer.Abort:  # no answer (end of input)
         answer = False
     if not answer:
         err().print("aborted: nothing changed")

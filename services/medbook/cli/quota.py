@@ -17,7 +17,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Group
 from rich.markup import escape
-from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
@@ -87,12 +86,18 @@ async def usage(redis: Any, day: dt.date | None, with_ids: bool) -> Usage:
     )
 
 
+def bar(used: int, limit: int, width: int = 40) -> Text:
+    filled = width if limit <= 0 else min(width, round(width * used / limit))
+    colour = "red" if used >= limit else ("yellow" if used >= 0.8 * limit else "green")
+    return Text.assemble("            ", ("━" * filled, colour), ("━" * (width - filled), "grey37"))
+
+
 def render_usage(u: Usage) -> Group:
     when = "today" if u.today else "not today"
     lines: list[Any] = [
         Text.from_markup(f"quota day   {u.day} ({when} in {u.time_zone})"),
         Text.from_markup(f"used        [bold]{u.used}[/bold] of {u.limit} ({u.remaining} left)"),
-        ProgressBar(total=max(u.limit, 1), completed=min(u.used, max(u.limit, 1)), width=40),
+        bar(u.used, u.limit),
         Text(f"policy      {u.policy}"),
     ]
     if u.used != u.reservations:
@@ -276,8 +281,11 @@ def clean(
             for d in past:
                 await store.reset(dt.date.fromisoformat(d.day))
             # Reservations whose day set had already expired.
-            await delete_reservations_before(redis, today)
-            console.print(f"deleted the quota keys of {len(past)} past day(s)")
+            orphans = await delete_reservations_before(redis, today)
+            console.print(
+                f"deleted the quota keys of {len(past)} past day(s)"
+                + (f" ({orphans} reservation(s) left without their day)" if orphans else "")
+            )
             return past
 
     common.run(main())
