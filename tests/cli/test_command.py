@@ -1,0 +1,117 @@
+"""The `medbook` command as a whole: help everywhere, settings from the services' environment,
+and one clear line (exit status 2), never a traceback, when a server cannot be reached."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from urllib.parse import urlsplit
+
+import pytest
+from typer.testing import CliRunner
+
+from medbook.cli.main import app
+from tests.cli.conftest import Medbook, explain
+from tests.helpers import Stack, service_env
+
+COMMANDS = [
+    [], ["book"], ["scenario"], ["load"], ["load", "quota"], ["bench"], ["dev"],
+    ["quota"], ["quota", "get"], ["quota", "reset"], ["quota", "keys"], ["quota", "clean"],
+    ["quota", "watch"], ["bookings"], ["bookings", "watch"], ["bookings", "stats"],
+    ["bookings", "purge"], ["dlq"], ["dlq", "list"], ["dlq", "show"], ["dlq", "replay"],
+    ["dlq", "purge"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "medbook")
+def test_every_subcommand_has_help(command: list[str]) -> None:
+    result = CliRunner().invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, explain(result)
+    assert "Usage: medbook" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "what"),
+    [
+        (["scenario", "positive", "--url", "http://127.0.0.1:1"], "the booking API"),
+        (["book", "--url", "http://127.0.0.1:1", "--name", "x"], "the booking API"),
+        (["load", "--url", "http://127.0.0.1:1"], "the booking API"),
+        (["quota", "get", "--redis-url", "redis://127.0.0.1:1/0"], "Redis"),
+        (
+            ["bookings", "stats", "--database-url", "postgresql://u:secret@127.0.0.1:1/x"],
+            "PostgreSQL",
+        ),
+        (["dlq", "list", "--amqp-url", "amqp://guest:secret@127.0.0.1:1/"], "RabbitMQ"),
+    ],
+    ids=lambda v: v[0] if isinstance(v, list) else None,
+)
+async def test_an_unreachable_server_is_one_clear_line_and_exit_2(
+    argv: list[str], what: str
+) -> None:
+    result = await asyncio.to_thread(CliRunner().invoke, app, argv)
+    assert result.exit_code == 2, explain(result)
+    assert f"error: cannot reach {what} at" in result.stderr
+    assert "secret" not in result.output  # passwords are masked
+    assert "Traceback" not in result.output
+
+
+async def test_bad_usage_exits_2(medbook: Medbook) -> None:
+    for argv in (
+        ["bookings", "purge", "--older-than", "soon"],
+        ["load", "--mix", "vip=1"],
+        ["dlq", "replay"],
+        ["dlq", "replay", "abc", "--all"],
+        ["scenario", "everything"],
+    ):
+        result = await medbook(*argv)
+        assert result.exit_code == 2, explain(result)
+
+
+def run_medbook(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "medbook.cli.main", *argv],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+
+
+async def test_settings_come_from_the_services_environment(stack: Stack) -> None:
+    api_url = str(stack.api.base_url).rstrip("/")
+    env = service_env(stack.infra, MEDBOOK_API_URL=api_url, MEDBOOK_POLICY_REFRESH="0.2")
+    result = await asyncio.to_thread(run_medbook, ["scenario", "no-discount"], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASS no-discount" in result.stdout
+
+    # The reference's variable names work too.
+    db = urlsplit(stack.infra.database_url)
+    redis = urlsplit(stack.infra.redis_url)
+    reference = {
+        k: v for k, v in env.items() if k not in ("MEDBOOK_DATABASE_URL", "MEDBOOK_REDIS_URL")
+    } | {
+        "DB_HOST": db.hostname or "", "DB_PORT": str(db.port), "DB_USERNAME": db.username or "",
+        "DB_NAME": db.path.lstrip("/"), "REDIS_HOST": redis.hostname or "",
+        "REDIS_PORT": str(redis.port), "RABBITMQ_URL": stack.infra.amqp_url,
+    }  # fmt: skip
+    result = await asyncio.to_thread(run_medbook, ["bookings", "stats", "--json"], reference)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["by_status"] == {"CONFIRMED": 1}
+    result = await asyncio.to_thread(run_medbook, ["quota", "get", "--json"], reference)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["limit"] == 100
+
+
+def test_medbook_dev_defaults_are_the_dev_stacks_ports() -> None:
+    import dataclasses
+
+    from medbook.cli import dev
+    from medbook.devstack.stack import StackPorts
+
+    written_out = (
+        dev.POSTGRES_PORT,
+        dev.REDIS_PORT,
+        dev.AMQP_PORT,
+        dev.HTTP_PORT,
+        dev.METRICS_PORT,
+    )
+    assert written_out == dataclasses.astuple(StackPorts())
