@@ -27,6 +27,7 @@ import typer
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from medbook.cli import common
 from medbook.cli.common import UsageProblem
@@ -283,17 +284,19 @@ def list_(
             console.print(f"{name}: empty")
             continue
         table = Table(title=f"{name}: {count} message(s)", title_justify="left")
-        for column in ("#", "ref", "type", "booking", "tries", "dead-lettered", "reason"):
-            table.add_column(column, justify="right" if column in ("#", "tries") else "left")
+        for column in ("#", "ref", "type", "booking", "tries", "dead-lettered"):
+            justify = "right" if column in ("#", "tries") else "left"
+            table.add_column(column, justify=justify, no_wrap=True)
+        table.add_column("reason")  # takes what is left, cut with "..." (`show` has it all)
         for x in letters[:limit]:
             table.add_row(
                 str(x.position),
                 x.ref,
                 x.type or "-",
-                x.booking_id or "-",
+                (x.booking_id or "-")[:8],
                 "-" if x.tries is None else str(x.tries),
-                (x.dead_lettered_at or "-")[:19],
-                escape(x.reason[:120]),
+                (x.dead_lettered_at or "-")[:19].replace("T", " "),
+                Text(x.reason, no_wrap=True, overflow="ellipsis"),
             )
         console.print(table)
         if count > limit:

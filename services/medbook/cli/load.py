@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -304,12 +305,15 @@ def load_quota(
                         f"quota day {day}: limit {policy.daily_limit}, used {used_before}; "
                         f"sending {profile.bookings} eligible ({kind}) bookings"
                     )
+                started = time.monotonic()
                 report = await run_load(url, token, profile, database_url, progress)
+                seconds = time.monotonic() - started
                 used_after = await store.used(day)
                 reservations = int(await redis.scard(members_key(day)))
         discounted = report.reasons.get("discount applied", 0)
         refused = report.reasons.get(QUOTA_EXHAUSTED_REASON, 0)
         outcome = Outcome("load quota", f"{profile.bookings} eligible bookings, {room} left")
+        outcome.seconds = seconds
         outcome.check(
             "no more than the limit discounted",
             f"at most {room} ({policy.daily_limit} less {used_before} used)",

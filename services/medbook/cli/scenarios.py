@@ -78,7 +78,10 @@ class Outcome:
         return all(c.ok for c in self.checks)
 
     def check(self, name: str, expected: object, seen: object, ok: bool) -> bool:
-        self.checks.append(Check(name, str(expected), str(seen), bool(ok)))
+        def text(value: object) -> str:
+            return "null" if value is None else str(value)
+
+        self.checks.append(Check(name, text(expected), text(seen), bool(ok)))
         return bool(ok)
 
     def to_dict(self) -> dict[str, Any]:
@@ -285,10 +288,7 @@ async def blocked(saga: Saga) -> Outcome:
         booking["status"] == "REJECTED" and booking["failReason"] == BLOCKED_USER_REASON,
     )
     outcome.check(
-        "no price",
-        "finalPrice null",
-        json.dumps(booking["finalPrice"]),
-        booking["finalPrice"] is None,
+        "no price", "finalPrice null", booking["finalPrice"], booking["finalPrice"] is None
     )
     outcome.check(
         "one outcome",
