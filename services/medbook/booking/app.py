@@ -33,13 +33,16 @@ from medbook.booking.results import ResultHandler
 from medbook.booking.store import BookingStore, create_database
 from medbook.config import BookingSettings
 from medbook.messaging import Consumer, Publisher, connect, is_unavailable
-from medbook.telemetry import recording
+from medbook.telemetry import recording, setup_tracing
 
 log = logging.getLogger(__name__)
 
 
 class BookingService:
     def __init__(self, settings: BookingSettings) -> None:
+        # The OpenTelemetry SDK makes the trace ids the API returns; a no-op provider
+        # would give invalid (all-zero) ones, so it is installed here if the process has not.
+        setup_tracing("medbook-booking")
         self.settings = settings
         db = settings.database
         self.db = create_database(
