@@ -109,8 +109,7 @@ class Container:
     def __exit__(self, *exc: object) -> None:
         for process in self.processes:
             if process.poll() is None:
-                process.kill()
-                process.wait(10)
+                stop_tree(process)
         buildah("rm", self.id, check=False)
 
     def _command(self, command: tuple[str, ...], env: dict[str, str]) -> list[str]:
@@ -170,3 +169,24 @@ def signal_service(process: subprocess.Popen[str], name: str, sig: int = signal.
                         return child.pid
         time.sleep(0.1)
     raise AssertionError(f"no {name} process under buildah run {process.pid}")
+
+
+def stop_tree(process: subprocess.Popen[str]) -> None:
+    """Stop ``buildah run`` and what runs under it: killing buildah alone leaves its chroot
+    helper and the service running, re-parented to init. The service gets SIGTERM first."""
+    try:
+        root = psutil.Process(process.pid)
+        tree = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        tree = []
+    services = []
+    for member in tree:
+        with contextlib.suppress(psutil.Error):
+            if not member.cmdline()[0].startswith("buildah"):
+                member.terminate()
+                services.append(member)
+    psutil.wait_procs(services, timeout=15)
+    for member in tree:
+        with contextlib.suppress(psutil.Error):
+            member.kill()
+    process.wait(10)
