@@ -88,6 +88,9 @@ def desired_cronjob(
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
+        # No Service's host and port injected as env vars: they could shadow the
+        # job's own settings (a Service named "medbook-redis" gives MEDBOOK_REDIS_PORT).
+        "enableServiceLinks": False,
         "serviceAccountName": job.service_account,
         "imagePullSecrets": [{"name": n} for n in job.image_pull_secrets] or None,
         "securityContext": {

@@ -25,13 +25,19 @@ from tests.operator.crd_schema import ROOT
 CHART = ROOT / "charts" / "medbook-operator"
 RELEASE = "medbook"
 VERBS = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
+RBAC_KINDS = {"Role", "RoleBinding", "ServiceAccount"}
 
 
-def _render(values: dict[str, Any] | None = None, chart: Path = CHART) -> list[dict[str, Any]]:
+def _render(
+    values: dict[str, Any] | None = None, chart: Path = CHART, kinds: set[str] | None = RBAC_KINDS
+) -> list[dict[str, Any]]:
+    """The chart's objects of ``kinds`` (RBAC by default: the rest is tested in tests/charts)."""
     rendered = helm.Chart.load(str(chart)).render(values or {}, name=RELEASE, namespace=NAMESPACE)
     docs: list[dict[str, Any]] = []
     for text in rendered.values():
-        docs.extend(d for d in yaml.safe_load_all(text) if d)
+        docs.extend(
+            d for d in yaml.safe_load_all(text) if d and (kinds is None or d["kind"] in kinds)
+        )
     return docs
 
 
@@ -152,7 +158,7 @@ def test_the_env_helper_sets_only_settings_the_operator_reads(
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: env}\ndata:\n  env: |\n"
         '    {{- include "medbook-operator.env" . | nindent 4 }}\n'
     )
-    [doc] = [d for d in _render(values, chart) if d["kind"] == "ConfigMap"]
+    [doc] = _render(values, chart, kinds={"ConfigMap"})
     env = yaml.safe_load(doc["data"]["env"])
     assert {e["name"] for e in env} <= _settings_names()
     for item in env:
