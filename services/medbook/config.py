@@ -172,8 +172,12 @@ class BookingSettings(_Settings):
         help="Seconds to finish in-flight requests and messages on SIGTERM.", gt=0,
     )  # fmt: skip
     max_pending: int = setting(
-        64, "MEDBOOK_MAX_PENDING",
+        40, "MEDBOOK_MAX_PENDING",
         help="Saga backlog (PENDING bookings) over which creates wait; 0: no limit.", ge=0,
+    )  # fmt: skip
+    admission_burst: int = setting(
+        16, "MEDBOOK_ADMISSION_BURST",
+        help="Waiting creates go in together once there is room for this many.", ge=1,
     )  # fmt: skip
     admission_wait: float = setting(
         1.0, "MEDBOOK_ADMISSION_WAIT",

@@ -48,3 +48,50 @@ async def test_no_limit_when_max_pending_is_zero(infra: Infra) -> None:
         for _ in range(10):
             assert (await stack.book(eligible_body())).status_code == 201
         assert time.monotonic() - started < 2
+
+
+class StubStore:
+    """Only what admission control reads: the PENDING count."""
+
+    def __init__(self, pending: int) -> None:
+        self.pending = pending
+
+    async def count_pending(self) -> int:
+        return self.pending
+
+
+async def test_waiters_go_in_first_come_first_served_in_bursts() -> None:
+    from medbook.booking.admission import AdmissionControl
+
+    gate = AdmissionControl(StubStore(4), limit=4, max_wait=5, burst=2)  # type: ignore[arg-type]
+    gate.pending = 4
+    order: list[int] = []
+
+    async def create(n: int) -> None:
+        await gate.admit()
+        order.append(n)
+
+    waiting = [asyncio.create_task(create(n)) for n in range(3)]
+    await asyncio.sleep(0.01)
+    assert order == []
+    gate.finished()  # room for one, but the burst is two: nobody yet
+    await asyncio.sleep(0.01)
+    assert order == []
+    gate.finished()  # room for two: the first two, in order
+    await asyncio.sleep(0.01)
+    assert order == [0, 1]
+    assert gate.pending == 4
+    gate.finished()  # one waiter left: a burst of one is enough
+    await asyncio.wait_for(asyncio.gather(*waiting), 1)
+    assert order == [0, 1, 2]
+
+
+async def test_a_waiter_goes_on_after_the_longest_wait() -> None:
+    from medbook.booking.admission import AdmissionControl
+
+    gate = AdmissionControl(StubStore(10), limit=1, max_wait=0.1)  # type: ignore[arg-type]
+    gate.pending = 10
+    started = time.monotonic()
+    await gate.admit()
+    assert 0.1 <= time.monotonic() - started < 0.5
+    assert gate.pending == 11

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 
 from medbook import metrics
 from medbook.booking.store import BookingStore
@@ -26,15 +27,21 @@ log = logging.getLogger(__name__)
 
 class AdmissionControl:
     def __init__(
-        self, store: BookingStore, *, limit: int, max_wait: float, poll_interval: float = 0.05
+        self,
+        store: BookingStore,
+        *,
+        limit: int,
+        max_wait: float,
+        burst: int = 16,
+        poll_interval: float = 0.05,
     ) -> None:
         self.store = store
         self.limit = limit
+        self.burst = max(1, min(burst, limit or 1))
         self.max_wait = max_wait
         self.poll_interval = poll_interval
-        self.pending = 0  # last count read, plus the bookings admitted since
-        self._below = asyncio.Event()
-        self._below.set()
+        self.pending = 0  # last count read, plus those admitted and less those finished since
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -52,28 +59,49 @@ class AdmissionControl:
                 await self._task
 
     async def admit(self) -> None:
-        """Return when the booking may be created (at once, unless the saga is backlogged)."""
+        """Return when the booking may be created (at once, unless the saga is backlogged).
+
+        Waiters are let in one at a time, first come first served, as room appears:
+        a shrinking backlog never lets a whole crowd through at once.
+        """
         if not self.enabled:
             return
-        if self.pending >= self.limit:
-            started = time.monotonic()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._below.wait(), self.max_wait)
-            metrics.ADMISSION_WAIT.observe(time.monotonic() - started)
-        self.pending += 1
-        if self.pending >= self.limit:
-            self._below.clear()
+        if self.pending < self.limit and not self._waiters:
+            self.pending += 1
+            return
+        started = time.monotonic()
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(turn)
+        try:
+            await asyncio.wait_for(turn, self.max_wait)  # counted in by _let_in
+        except TimeoutError:
+            self.pending += 1  # waited long enough: go on anyway
+        metrics.ADMISSION_WAIT.observe(time.monotonic() - started)
+
+    def finished(self) -> None:
+        """A booking of this process left PENDING: make room at once, not at the next poll."""
+        if self.enabled:
+            self.pending = max(0, self.pending - 1)
+            self._let_in()
+
+    def _let_in(self) -> None:
+        # Waiters go in together once there is room for ``burst`` of them: a trickle of
+        # single creates would make every later step (commits, publishes, results) a
+        # batch of one, and cost a third more CPU per booking than batches of a dozen.
+        if self.limit - self.pending < min(self.burst, len(self._waiters)):
+            return
+        while self._waiters and self.pending < self.limit:
+            turn = self._waiters.popleft()
+            if not turn.done():  # not timed out meanwhile
+                self.pending += 1
+                turn.set_result(None)
 
     async def _watch(self) -> None:
         while True:
             try:
                 self.pending = await self.store.count_pending()
-                if self.pending < self.limit:
-                    self._below.set()
-                else:
-                    self._below.clear()
             except Exception as exc:  # the database is away: admit freely, requests will 503
                 log.debug("admission control cannot count pending bookings: %r", exc)
                 self.pending = 0
-                self._below.set()
+            self._let_in()
             await asyncio.sleep(self.poll_interval)

@@ -65,7 +65,10 @@ class BookingService:
             poll_interval=settings.outbox_poll_interval,
         )
         self.admission = AdmissionControl(
-            self.store, limit=settings.max_pending, max_wait=settings.admission_wait
+            self.store,
+            limit=settings.max_pending,
+            max_wait=settings.admission_wait,
+            burst=settings.admission_burst,
         )
         self.monitor = SagaMonitor(self.store, lambda: self.connection)
         self.stopping = asyncio.Event()
@@ -101,7 +104,7 @@ class BookingService:
                 self.consumer = Consumer(
                     self.connection,
                     contracts.BOOKING_QUEUE,
-                    ResultHandler(self.results.submit, self.relay.wake),
+                    ResultHandler(self.results.submit, self.relay.wake, self.admission.finished),
                     publisher=publisher,
                     prefetch=rabbit.prefetch,
                     max_tries=rabbit.max_tries,

@@ -41,9 +41,11 @@ class ResultHandler:
         self,
         apply: Callable[[DiscountProcessed], Awaitable[ApplyOutcome]],
         wake_relay: Callable[[], None],
+        finished: Callable[[], None] = lambda: None,
     ) -> None:
         self.apply_result = apply
         self.wake_relay = wake_relay
+        self.finished = finished  # a booking left PENDING (admission control makes room)
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         result = contracts.decode(message.type, message.body)
@@ -67,6 +69,7 @@ class ResultHandler:
         outcome = await self.apply_result(result)
         if outcome.outcome is ResultOutcome.APPLIED:
             assert outcome.created_at is not None
+            self.finished()
             metrics.SAGA_OUTCOMES.labels(result.status.value, outcome_reason(result)).inc()
             metrics.SAGA_DURATION.labels(result.status.value).observe(
                 (utcnow() - outcome.created_at).total_seconds()
