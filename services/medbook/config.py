@@ -172,7 +172,7 @@ class BookingSettings(_Settings):
         help="Seconds to finish in-flight requests and messages on SIGTERM.", gt=0,
     )  # fmt: skip
     max_pending: int = setting(
-        40, "MEDBOOK_MAX_PENDING",
+        32, "MEDBOOK_MAX_PENDING",
         help="Saga backlog (PENDING bookings) over which creates wait; 0: no limit.", ge=0,
     )  # fmt: skip
     admission_burst: int = setting(
