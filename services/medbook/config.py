@@ -147,7 +147,16 @@ class PolicyDefaults(_Settings):
     _split = field_validator("birthday_genders", "blocked_users", mode="before")(_split_names)
 
 
-class BookingSettings(_Settings):
+class _ServiceSettings(_Settings):
+    """What every long-running service has."""
+
+    shutdown_grace: float = setting(
+        20.0, "MEDBOOK_SHUTDOWN_GRACE",
+        help="Seconds to finish in-flight requests and messages on SIGTERM.", gt=0,
+    )  # fmt: skip
+
+
+class BookingSettings(_ServiceSettings):
     """``medbook-booking``: the HTTP API, the outbox relay and the result consumer."""
 
     host: str = setting(
@@ -167,10 +176,6 @@ class BookingSettings(_Settings):
         0.5, "MEDBOOK_OUTBOX_POLL_INTERVAL",
         help="Seconds between outbox polls (rows committed by other processes).", gt=0,
     )  # fmt: skip
-    shutdown_grace: float = setting(
-        20.0, "MEDBOOK_SHUTDOWN_GRACE",
-        help="Seconds to finish in-flight requests and messages on SIGTERM.", gt=0,
-    )  # fmt: skip
     max_pending: int = setting(
         32, "MEDBOOK_MAX_PENDING",
         help="Saga backlog (PENDING bookings) over which creates wait; 0: no limit.", ge=0,
@@ -188,7 +193,7 @@ class BookingSettings(_Settings):
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 
 
-class DiscountSettings(_Settings):
+class DiscountSettings(_ServiceSettings):
     """``medbook-discount``: the discount worker."""
 
     metrics_port: int = setting(
@@ -204,10 +209,6 @@ class DiscountSettings(_Settings):
     record_ttl_seconds: int = setting(
         7 * 24 * 3600, "MEDBOOK_IDEMPOTENCY_TTL",
         help="Seconds a booking's idempotency record (and its result) is kept.", ge=3600,
-    )  # fmt: skip
-    shutdown_grace: float = setting(
-        20.0, "MEDBOOK_SHUTDOWN_GRACE",
-        help="Seconds to finish in-flight requests and messages on SIGTERM.", gt=0,
     )  # fmt: skip
     redis: RedisSettings = Field(default_factory=RedisSettings)
     rabbit: RabbitSettings = Field(default_factory=RabbitSettings)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import copy
 from pathlib import Path
 from typing import Any
@@ -145,25 +144,3 @@ def test_the_namespace_falls_back_to_the_pods_own(
     assert OperatorSettings().watched_namespace() == "from-downward-api"
     monkeypatch.setenv("MEDBOOK_OPERATOR_NAMESPACE", "explicit")
     assert OperatorSettings().watched_namespace() == "explicit"
-
-
-def _imports(path: Path) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module)
-    return names
-
-
-def test_the_operator_uses_only_the_shared_policy_model_of_the_services() -> None:
-    root = Path(__file__).resolve().parents[2]
-    used = set().union(*(_imports(p) for p in (root / "operator").rglob("*.py")))
-    assert {n for n in used if n.split(".")[0] == "medbook"} <= {
-        "medbook.contracts",
-        "medbook.discount.policy",
-    }
-    services = set().union(*(_imports(p) for p in (root / "services").rglob("*.py")))
-    kube = {"kopf", "kubernetes", "kubernetes_asyncio", "kr8s", "lightkube", "medbook_operator"}
-    assert not {n for n in services if n.split(".")[0] in kube}

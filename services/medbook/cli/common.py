@@ -126,6 +126,14 @@ AmqpUrl = Annotated[
     ),
 ]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+PolicyRefresh = Annotated[
+    float | None,
+    typer.Option(
+        help="Seconds the worker takes to re-read the policy "
+        "(default: MEDBOOK_POLICY_REFRESH, or 1).",
+        show_default=False,
+    ),
+]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
 

@@ -251,14 +251,7 @@ def load_quota(
     ] = 16,
     seed: Seed = 42,
     settle_timeout: SettleTimeout = 120.0,
-    policy_refresh: Annotated[
-        float | None,
-        typer.Option(
-            help="Seconds the worker takes to re-read the policy "
-            "(default: MEDBOOK_POLICY_REFRESH, or 1).",
-            show_default=False,
-        ),
-    ] = None,
+    policy_refresh: common.PolicyRefresh = None,
     url: common.ApiUrl = common.DEFAULT_API_URL,
     token: common.ApiToken = None,
     database_url: DatabaseForStates = None,

@@ -706,14 +706,7 @@ def scenario(
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for each booking to finish.", min=0.1)
     ] = 30.0,
-    policy_refresh: Annotated[
-        float | None,
-        typer.Option(
-            help="Seconds the worker takes to re-read the policy "
-            "(default: MEDBOOK_POLICY_REFRESH, or 1).",
-            show_default=False,
-        ),
-    ] = None,
+    policy_refresh: common.PolicyRefresh = None,
     json_output: common.JsonOutput = False,
 ) -> None:
     """Run the reference's scenarios against a running system and say PASS or FAIL, with what
