@@ -32,6 +32,7 @@ from medbook.contracts import (
     Event,
     QuotaReleased,
     ReleaseReason,
+    SagaState,
 )
 from medbook.telemetry import inject_headers
 
@@ -367,7 +368,13 @@ class BookingStore:
             await conn.execute(
                 "UPDATE bookings SET history = history || $2::jsonb WHERE id = $1",
                 booking_id,
-                orjson.dumps([history_entry(now, f"Quota unit of {day} released")]).decode(),
+                orjson.dumps(
+                    [
+                        history_entry(
+                            now, f"[{SagaState.COMPENSATING.value}] Quota unit of {day} released"
+                        )
+                    ]
+                ).decode(),
             )
 
     # -- cancel --------------------------------------------------------------------

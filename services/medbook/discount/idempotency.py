@@ -137,10 +137,6 @@ class IdempotencyStore:
             int(used) if fresh else None,
         )
 
-    async def state(self, booking_id: uuid.UUID) -> RecordState:
-        state = await self.redis.hget(record_key(booking_id), "state")
-        return RecordState(_text(state)) if state else RecordState.NEW
-
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from dataclasses import dataclass
 from typing import Final
 
 from redis.asyncio import Redis
@@ -58,15 +57,6 @@ local function reserve(counter, members, reservation, booking, limit, ttl, day)
 end
 """
 
-# KEYS: counter, members, reservation. ARGV: booking id, limit, ttl, day.
-_RESERVE = (
-    RESERVE_FUNCTION
-    + """
-local granted, used, held = reserve(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
-return {granted, used, held}
-"""
-)
-
 # KEYS: reservation. ARGV: booking id, day hint ('' if unknown), counter prefix.
 # Returns the day released from, or false when no unit was held.
 _RELEASE = """
@@ -98,26 +88,11 @@ return used
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    granted: bool
-    used: int
-    already_held: bool
-
-
 class QuotaStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._reserve = redis.register_script(_RESERVE)
         self._release = redis.register_script(_RELEASE)
         self._reset = redis.register_script(_RESET)
-
-    async def reserve(self, booking_id: uuid.UUID, day: dt.date, limit: int) -> Reservation:
-        granted, used, held = await self._reserve(
-            keys=[counter_key(day), members_key(day), reservation_key(booking_id)],
-            args=[str(booking_id), limit, DAY_TTL_SECONDS, day.isoformat()],
-        )
-        return Reservation(bool(granted), int(used), bool(held))
 
     async def release(self, booking_id: uuid.UUID, day: dt.date | None = None) -> dt.date | None:
         """Give back the unit held for this booking; the day it came from, or None if none."""
