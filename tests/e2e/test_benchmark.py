@@ -54,7 +54,8 @@ async def test_small_benchmark_run_finishes_everything_and_matches_the_database(
     assert report["http_errors"] == {}
     assert report["saga_rate"] > 0
     assert report["saga_latency_ms"]["p99"] >= report["saga_latency_ms"]["p50"] > 0
-    assert set(report["peak_rss_mb"]) == {"booking", "discount"}
+    assert set(report["peak_rss_mb"]) == {"booking", "discount", "load generator"}
+    assert all(mb > 10 for mb in report["peak_rss_mb"].values())
 
     connection = await asyncpg.connect(infra.database_url)
     try:

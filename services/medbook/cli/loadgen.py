@@ -17,8 +17,8 @@ What it measures:
   scheduling does not distort them;
 - outcomes by status and reason, HTTP errors, and every booking still PENDING
   at the end (stuck) with its id;
-- peak RSS of each service (sampled from their ``/metrics``) and the load
-  generator's own CPU use.
+- peak RSS of each service (sampled from their ``/metrics``) and of the load
+  generator itself, and the load generator's own CPU use.
 """
 
 from __future__ import annotations
@@ -433,7 +433,11 @@ class LoadRun:
             outcomes=dict(Counter(o.status for o in outcomes)),
             reasons=dict(Counter(outcome_reason(o) for o in outcomes if o.status in TERMINAL)),
             stuck=sorted(o.booking_id for o in outcomes if o.status not in TERMINAL),
-            peak_rss_mb=dict(self.sampler.peak),
+            # ru_maxrss is in KiB on Linux: the load generator's own peak, beside the services'.
+            peak_rss_mb={
+                **self.sampler.peak,
+                "load generator": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            },
             loadgen_cpu_percent=cpu_percent,
             seed=self.profile.seed,
             bookings=outcomes,
