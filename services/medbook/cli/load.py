@@ -31,6 +31,7 @@ from medbook.discount.quota import QuotaStore, members_key
 
 app = typer.Typer(help="Load tests on the benchmark's engine.")
 
+ShowProgress = Annotated[bool, typer.Option(help="Live progress bars (on a terminal).")]
 Seed = Annotated[int, typer.Option(help="Seed of the booking mix (same seed, same requests).")]
 SettleTimeout = Annotated[
     float, typer.Option(help="Seconds to wait for the bookings to finish (else: stuck).", min=0)
@@ -179,7 +180,7 @@ def load(
     token: common.ApiToken = None,
     database_url: DatabaseForStates = None,
     redis_url: common.RedisUrl = None,
-    progress: Annotated[bool, typer.Option(help="Live progress bars (on a terminal).")] = True,
+    progress: ShowProgress = True,
     json_output: common.JsonOutput = False,
 ) -> None:
     """USERS concurrent users each send REQUESTS-PER-USER bookings from a seeded mix (the same
@@ -256,7 +257,7 @@ def load_quota(
     token: common.ApiToken = None,
     database_url: DatabaseForStates = None,
     redis_url: common.RedisUrl = None,
-    progress: Annotated[bool, typer.Option(help="Live progress bars (on a terminal).")] = True,
+    progress: ShowProgress = True,
     json_output: common.JsonOutput = False,
 ) -> None:
     """Send the room left in today's quota plus --extra eligible bookings at once (limit + 20 on
