@@ -14,6 +14,7 @@ from typing import Any
 import kopf
 from redis.exceptions import RedisError
 
+from medbook.failures import DependencyError
 from medbook_operator import GROUP, PLURAL, VERSION
 from medbook_operator.kube import ApiError
 from medbook_operator.reconcile import Reconciler
@@ -64,7 +65,7 @@ def register(
     async def withdraw(name: str, **_: Any) -> None:
         try:
             await reconciler.withdraw(name)
-        except (ApiError, RedisError, OSError) as exc:
+        except (ApiError, DependencyError, RedisError, OSError) as exc:
             raise kopf.TemporaryError(
                 f"cannot withdraw the policy yet: {exc}", delay=settings.retry_delay
             ) from exc

@@ -22,7 +22,10 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from medbook.discount.policy import PolicyStore, QuotaPolicy, describe_error
+from medbook.discount.policy import QuotaPolicy, describe_error
+from medbook.discount.policy_store import PolicyStore
+from medbook.discount.quota import QuotaStore
+from medbook.failures import DependencyError
 from medbook_operator import cronjob, metrics
 from medbook_operator.kube import ApiError, KubeApi
 from medbook_operator.settings import OperatorSettings
@@ -40,7 +43,7 @@ log = logging.getLogger(__name__)
 # (object, type, reason, message): kopf.event in the operator, a list in unit tests.
 EventSink = Callable[[Mapping[str, Any], str, str, str], None]
 
-_STORE_ERRORS = (RedisError, OSError)
+_STORE_ERRORS = (DependencyError, RedisError, OSError)
 
 
 def _name(obj: Mapping[str, Any]) -> str:
@@ -186,7 +189,7 @@ class Reconciler:
         quota: dict[str, Any] | None = None
         try:
             day = policy.today()
-            used = await self.store.used(day)
+            used = await QuotaStore(self.redis).used(day)
             quota = {
                 "day": day.isoformat(),
                 "limit": policy.daily_limit,

@@ -76,6 +76,17 @@ class RabbitSettings(_Settings):
         5, "MEDBOOK_MAX_TRIES",
         help="Failed processing attempts before a message is dead-lettered.", ge=1,
     )  # fmt: skip
+    outage_budget: float = setting(
+        600.0, "MEDBOOK_OUTAGE_BUDGET",
+        help="Seconds a message waits in place for a dependency that is down (the database, "
+        "Redis, the broker) before it is dead-lettered with the reason. Keep it under "
+        "RabbitMQ's consumer_timeout (30 min by default).", gt=0,
+    )  # fmt: skip
+    message_timeout: float = setting(
+        30.0, "MEDBOOK_MESSAGE_TIMEOUT",
+        help="Seconds one attempt at processing a message may take; a slower one is a "
+        "failed try.", gt=0,
+    )  # fmt: skip
 
 
 class RedisSettings(_Settings):

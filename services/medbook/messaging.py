@@ -10,11 +10,17 @@ depends on its kind:
 
 - :class:`~medbook.contracts.MalformedMessage` (or :class:`DeadLetter`): the
   message goes to the dead-letter queue at once, with the reason in a header;
-- a dependency that is unavailable (database, Redis, broker): the handler is
-  run again after a backoff, for as long as it takes, without counting a try:
-  an outage must not turn good messages into dead letters;
-- anything else: the message is re-queued with its try count in a header and
-  dead-lettered, with the reason and the count, after ``max_tries`` tries.
+- :class:`~medbook.failures.DependencyUnavailable` (the database, Redis or the
+  broker cannot be reached): the handler is run again after a backoff, without
+  counting a try, so a short outage never turns good messages into dead
+  letters; an outage that outlasts ``outage_budget`` seconds dead-letters the
+  message with the reason;
+- anything else (a bug, a dependency that is busy, a handler that took longer
+  than ``message_timeout``): the message is re-queued with its try count in a
+  header and dead-lettered, with the reason and the count, after ``max_tries``.
+
+The AMQP driver's errors are translated here (:func:`amqp_errors`) into the
+taxonomy of ``medbook.failures``, as the other adapters do with theirs.
 
 As a safety net for messages that crash the whole process, the queues also
 carry the broker's own ``x-delivery-limit``.
@@ -24,10 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
-import random
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Final
 
 import aio_pika
@@ -41,6 +46,8 @@ from aio_pika.abc import (
 )
 
 from medbook import metrics
+from medbook.backoff import Backoff
+from medbook.clock import utcnow
 from medbook.contracts import (
     ATTEMPT_HEADER,
     CONTRACT_VERSION,
@@ -56,6 +63,7 @@ from medbook.contracts import (
     MalformedMessage,
     dead_letter_queue,
 )
+from medbook.failures import Dependency, DependencyUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +75,10 @@ BROKER_DELIVERY_LIMIT: Final = 20
 Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
 
 
+class HandlerTimedOut(Exception):
+    """A handler ran longer than the consumer's per-message timeout."""
+
+
 class DeadLetter(Exception):
     """Raised by a handler for a message that must go to the dead-letter queue now."""
 
@@ -76,41 +88,41 @@ class DeadLetter(Exception):
         self.label = label
 
 
-def is_unavailable(exc: BaseException) -> bool:
-    """Is this the failure of a dependency that may come back (not of the message)?"""
-    import asyncpg
-    import redis.exceptions
+_NOT_AN_OUTAGE: Final[tuple[type[BaseException], ...]] = (
+    aiormq.exceptions.AuthenticationError,
+    aiormq.exceptions.ProbableAuthenticationError,
+    aiormq.exceptions.IncompatibleProtocolError,
+    aiormq.exceptions.PublishError,  # unroutable: the topology is missing, a bug
+)
+_UNAVAILABLE: Final[tuple[type[BaseException], ...]] = (
+    aiormq.exceptions.AMQPConnectionError,  # refused, lost, closed by the broker
+    aiormq.exceptions.ChannelInvalidStateError,  # the channel went with its connection
+    aiormq.exceptions.DeliveryError,  # nacked: e.g. a quorum queue without a leader
+    ConnectionError,
+    TimeoutError,  # no confirm in time
+)
 
-    transient: tuple[type[BaseException], ...] = (
-        ConnectionError,
-        OSError,
-        TimeoutError,
-        redis.exceptions.ConnectionError,
-        redis.exceptions.TimeoutError,
-        redis.exceptions.BusyLoadingError,
-        redis.exceptions.ReadOnlyError,
-        redis.exceptions.TryAgainError,
-        redis.exceptions.ClusterDownError,
-        asyncpg.PostgresConnectionError,
-        asyncpg.InterfaceError,
-        asyncpg.CannotConnectNowError,
-        asyncpg.AdminShutdownError,
-        asyncpg.CrashShutdownError,
-        asyncpg.TooManyConnectionsError,
-        asyncpg.SerializationError,
-        asyncpg.DeadlockDetectedError,
-        asyncpg.QueryCanceledError,
-        aiormq.exceptions.AMQPConnectionError,
-        aiormq.exceptions.ChannelInvalidStateError,
-        aiormq.exceptions.ChannelClosed,
-        aiormq.exceptions.ConnectionClosed,
-        aiormq.exceptions.DeliveryError,
-        aio_pika.exceptions.PublishError,
-    )
-    if isinstance(exc, transient):
-        return True
-    cause = exc.__cause__ or exc.__context__
-    return cause is not None and cause is not exc and is_unavailable(cause)
+
+def translate(exc: BaseException) -> BaseException:
+    """The taxonomy's exception for an aio-pika/aiormq error, or ``exc`` itself."""
+    if isinstance(exc, _NOT_AN_OUTAGE):
+        return exc
+    # A channel closed by a connection that went away (not by a refusal: those are subclasses).
+    if isinstance(exc, _UNAVAILABLE) or type(exc) is aiormq.exceptions.ChannelClosed:
+        return DependencyUnavailable(Dependency.BROKER, f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+@contextlib.contextmanager
+def amqp_errors() -> Iterator[None]:
+    """Raise the AMQP driver's errors inside the block as the taxonomy's exceptions."""
+    try:
+        yield
+    except Exception as exc:
+        translated = translate(exc)
+        if translated is exc:
+            raise
+        raise translated from exc
 
 
 def queue_arguments(queue: str) -> dict[str, Any]:
@@ -148,30 +160,28 @@ async def connect(
     """A robust connection (it reconnects and restores consumers by itself).
 
     The first connection is retried with backoff until it succeeds or
-    ``stopping`` is set, so a service can start before its broker.
+    ``stopping`` is set, so a service can start before its broker. A refusal
+    that is not an outage (a wrong password, say) is raised at once.
     """
-    delay = 0.2
+    backoff = Backoff(initial=0.2, maximum=5.0)
     while True:
         try:
-            return await aio_pika.connect_robust(
-                url, client_properties={"connection_name": name}, timeout=5, reconnect_interval=1
-            )
-        except Exception as exc:
-            if not is_unavailable(exc) and not isinstance(exc, aiormq.exceptions.AMQPError):
-                raise
+            with amqp_errors():
+                return await aio_pika.connect_robust(
+                    url,
+                    client_properties={"connection_name": name},
+                    timeout=5,
+                    reconnect_interval=1,
+                )
+        except DependencyUnavailable as exc:
             if stopping is not None and stopping.is_set():
                 raise
-            log.warning("broker not reachable (%s), retrying in %.1fs", exc, delay)
-            if stopping is None:
-                await asyncio.sleep(delay)
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), delay)
-            delay = min(delay * 2, 5.0)
+            delay = await backoff.wait(stopping)
+            log.warning("broker not reachable (%s), retried after %.1fs", exc.detail, delay)
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat()
+    return utcnow().isoformat()
 
 
 class Publisher:
@@ -205,7 +215,7 @@ class Publisher:
     ) -> None:
         """Publish persistently; return once the broker confirmed, raise otherwise."""
         if self.exchange is None:
-            raise aiormq.exceptions.ChannelInvalidStateError("publisher is not started")
+            raise DependencyUnavailable(Dependency.BROKER, "the publisher is not started")
         message = aio_pika.Message(
             body,
             content_type="application/json",
@@ -213,22 +223,24 @@ class Publisher:
             type=event.value,
             message_id=message_id,
             correlation_id=correlation_id,
-            timestamp=dt.datetime.now(dt.UTC),
+            timestamp=utcnow(),
             headers={CONTRACT_VERSION_HEADER: CONTRACT_VERSION, **(headers or {})},
         )
-        await self.exchange.publish(message, routing_key=event.value, timeout=self.timeout)
+        with amqp_errors():
+            await self.exchange.publish(message, routing_key=event.value, timeout=self.timeout)
 
     async def publish_raw(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
         """Publish a ready-made message (dead letters, retries, replays) with a confirm."""
         if self.channel is None:
-            raise aiormq.exceptions.ChannelInvalidStateError("publisher is not started")
-        target = (
-            self.default_exchange
-            if exchange == ""
-            else await self.channel.get_exchange(exchange, ensure=False)
-        )
-        assert target is not None
-        await target.publish(message, routing_key=routing_key, timeout=self.timeout)
+            raise DependencyUnavailable(Dependency.BROKER, "the publisher is not started")
+        with amqp_errors():
+            target = (
+                self.default_exchange
+                if exchange == ""
+                else await self.channel.get_exchange(exchange, ensure=False)
+            )
+            assert target is not None
+            await target.publish(message, routing_key=routing_key, timeout=self.timeout)
 
 
 def copy_message(message: AbstractIncomingMessage, headers: Mapping[str, Any]) -> aio_pika.Message:
@@ -258,6 +270,8 @@ class Consumer:
         publisher: Publisher,
         prefetch: int,
         max_tries: int,
+        outage_budget: float = 600.0,
+        message_timeout: float = 30.0,
         retry_backoff: float = 0.2,
         unavailable_backoff_max: float = 5.0,
     ) -> None:
@@ -267,6 +281,8 @@ class Consumer:
         self.publisher = publisher
         self.prefetch = prefetch
         self.max_tries = max_tries
+        self.outage_budget = outage_budget
+        self.message_timeout = message_timeout
         self.retry_backoff = retry_backoff
         self.unavailable_backoff_max = unavailable_backoff_max
         self.stopping = asyncio.Event()
@@ -325,10 +341,11 @@ class Consumer:
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
         event = message.type or "unknown"
-        delay = self.retry_backoff
+        backoff = Backoff(initial=self.retry_backoff, maximum=self.unavailable_backoff_max)
+        outage_since: float | None = None
         while True:
             try:
-                await self.handler(message)
+                await self._run_handler(message)
             except (MalformedMessage, DeadLetter) as exc:
                 label = exc.label if isinstance(exc, DeadLetter) else "malformed"
                 await self._dead_letter(message, str(exc), label, tries=self._tries(message) + 1)
@@ -336,26 +353,32 @@ class Consumer:
             except asyncio.CancelledError:
                 await self._settle(message.nack(requeue=True))
                 raise
-            except Exception as exc:
-                if is_unavailable(exc):
-                    if self.stopping.is_set():
-                        log.warning(
-                            "%s: dependency unavailable during shutdown; message returns to %s",
-                            event,
-                            self.queue_name,
-                        )
-                        await self._settle(message.nack(requeue=True))
-                        return
-                    metrics.MESSAGES_RETRIED.labels(self.queue_name, "unavailable").inc()
+            except DependencyUnavailable as exc:
+                if self.stopping.is_set():
                     log.warning(
-                        "%s: dependency unavailable (%r); retrying in %.1fs", event, exc, delay
+                        "%s: %s unavailable during shutdown; the message returns to %s",
+                        event,
+                        exc.what,
+                        self.queue_name,
                     )
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(
-                            self.stopping.wait(), delay * (0.5 + random.random())
-                        )
-                    delay = min(delay * 2, self.unavailable_backoff_max)
-                    continue
+                    await self._settle(message.nack(requeue=True))
+                    return
+                now = time.monotonic()
+                outage_since = now if outage_since is None else outage_since
+                if now - outage_since >= self.outage_budget:
+                    reason = (
+                        f"{exc.what} was unavailable for longer than the outage budget "
+                        f"({self.outage_budget:g}s): {exc.detail}"
+                    )
+                    await self._dead_letter(
+                        message, reason, "outage", tries=self._tries(message) + 1
+                    )
+                    return
+                metrics.MESSAGES_RETRIED.labels(self.queue_name, "unavailable").inc()
+                delay = await backoff.wait(self.stopping)
+                log.warning("%s: %s; retried after %.1fs", event, exc, delay)
+                continue
+            except Exception as exc:
                 await self._failed(message, exc)
                 return
             else:
@@ -363,10 +386,22 @@ class Consumer:
                 metrics.MESSAGES_CONSUMED.labels(self.queue_name, event, "acked").inc()
                 return
 
+    async def _run_handler(self, message: AbstractIncomingMessage) -> None:
+        """The handler, stopped after ``message_timeout`` seconds (a counted failure)."""
+        try:
+            async with asyncio.timeout(self.message_timeout) as deadline:
+                await self.handler(message)
+        except TimeoutError:
+            if deadline.expired():
+                raise HandlerTimedOut(
+                    f"the handler did not finish within {self.message_timeout:g}s"
+                ) from None
+            raise
+
     def _tries(self, message: AbstractIncomingMessage) -> int:
         try:
-            return int((message.headers or {}).get(ATTEMPT_HEADER, 0))
-        except (TypeError, ValueError):
+            return int(str((message.headers or {}).get(ATTEMPT_HEADER, 0)))
+        except ValueError:
             return 0
 
     async def _failed(self, message: AbstractIncomingMessage, exc: Exception) -> None:
@@ -384,7 +419,7 @@ class Consumer:
             reason,
             exc_info=exc,
         )
-        await asyncio.sleep(min(self.retry_backoff * 2 ** (tries - 1), 2.0))
+        await asyncio.sleep(Backoff(initial=self.retry_backoff, maximum=2.0).delay_for(tries))
         retry = copy_message(message, {ATTEMPT_HEADER: tries})
         try:
             await self.publisher.publish_raw("", self.queue_name, retry)

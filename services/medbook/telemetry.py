@@ -17,12 +17,13 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Literal
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -122,22 +123,37 @@ def recording() -> bool:
     return _recording
 
 
-def instrument_libraries() -> None:
-    """Spans for every PostgreSQL statement, Redis command and AMQP publish/consume.
+Library = Literal["asyncpg", "redis", "aio_pika"]
+
+
+def instrument_libraries(libraries: Iterable[Library]) -> None:
+    """Spans for every PostgreSQL statement, Redis command and AMQP publish/consume that
+    the process makes (each service names the libraries it uses).
 
     The aio-pika instrumentation also carries the context through the message
     headers: its consume span is current while a handler runs.
     """
-    from opentelemetry.instrumentation.aio_pika import AioPikaInstrumentor
-    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
-    from opentelemetry.instrumentation.redis import RedisInstrumentor
+    instrumentors: list[BaseInstrumentor] = []
+    for library in libraries:
+        if library == "asyncpg":
+            from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 
-    for instrumentor in (AsyncPGInstrumentor(), RedisInstrumentor(), AioPikaInstrumentor()):
+            # The package's __init__ has no annotations.
+            instrumentors.append(AsyncPGInstrumentor())  # type: ignore[no-untyped-call]
+        elif library == "redis":
+            from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+            instrumentors.append(RedisInstrumentor())
+        else:
+            from opentelemetry.instrumentation.aio_pika import AioPikaInstrumentor
+
+            instrumentors.append(AioPikaInstrumentor())
+    for instrumentor in instrumentors:
         if not instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.instrument()
 
 
-def setup_tracing(service: str) -> TracerProvider:
+def setup_tracing(service: str, libraries: Iterable[Library] = ()) -> TracerProvider:
     """Install the SDK tracer provider (once per process) and return it."""
     global _recording
     current = trace.get_tracer_provider()
@@ -156,7 +172,7 @@ def setup_tracing(service: str) -> TracerProvider:
     provider = TracerProvider(resource=resource, sampler=sampler)
     _recording = sampler is None and os.environ.get("OTEL_TRACES_SAMPLER", "") != "always_off"
     if _recording:
-        instrument_libraries()
+        instrument_libraries(libraries)
     if exporter_configured():
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

@@ -9,7 +9,7 @@ from collections import Counter
 import asyncpg
 
 from medbook.cli.loadgen import LoadProfile, booking_bodies
-from medbook.discount.policy import PolicyStore
+from medbook.discount.policy_store import PolicyStore
 from tests.cli.conftest import Medbook, explain
 from tests.helpers import Stack
 

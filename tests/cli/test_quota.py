@@ -6,7 +6,8 @@ import asyncio
 import datetime as dt
 import json
 
-from medbook.discount.policy import PolicyStore, QuotaPolicy
+from medbook.discount.policy import QuotaPolicy
+from medbook.discount.policy_store import PolicyStore
 from medbook.discount.quota import counter_key, members_key, reservation_key
 from tests.cli.conftest import Medbook, explain
 from tests.helpers import Stack, eligible_body, eventually, today

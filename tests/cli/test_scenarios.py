@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from medbook.discount.policy import PolicyStore, QuotaPolicy
+from medbook.discount.policy import QuotaPolicy
+from medbook.discount.policy_store import PolicyStore
 from tests.cli.conftest import Medbook, explain
 from tests.helpers import Stack
 

@@ -10,7 +10,8 @@ from medbook import contracts, metrics
 from medbook.booking.sweep import sweep_once
 from medbook.config import PolicyDefaults
 from medbook.contracts import Event
-from medbook.discount.policy import PolicyStore, QuotaPolicy
+from medbook.discount.policy import QuotaPolicy
+from medbook.discount.policy_store import PolicyStore
 from medbook.discount.quota import counter_key, members_key
 from tests.helpers import (
     Infra,

@@ -23,7 +23,9 @@ from redis.asyncio import Redis
 
 from medbook.contracts import QUOTA_EXHAUSTED_REASON
 from medbook.devstack.servers import RedisServer
-from medbook.discount.policy import PolicyStore, QuotaPolicy
+from medbook.discount.policy import QuotaPolicy
+from medbook.discount.policy_store import PolicyStore
+from medbook.discount.quota import QuotaStore
 from tests.helpers import Infra, eligible_body, eventually, running_stack, today
 from tests.operator.conftest import (
     CLEANUP_IMAGE,
@@ -136,7 +138,7 @@ async def test_a_new_daily_limit_reaches_the_worker_and_patches_nothing_else(
         assert (third["status"], third["finalPrice"]) == ("CONFIRMED", BOOKING_WITH_DISCOUNT)
 
         # The status shows the usage the quota store holds after those real bookings.
-        used_in_store = await PolicyStore(stack.redis).used(today())
+        used_in_store = await QuotaStore(stack.redis).used(today())
         assert used_in_store == 2
         obj = await eventually(
             lambda: kubectl.get("default"),

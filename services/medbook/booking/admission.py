@@ -14,13 +14,13 @@ and the outbox still absorbs a broker outage.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
 
 from medbook import metrics
 from medbook.booking.store import BookingStore
+from medbook.failures import DependencyError
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +42,10 @@ class AdmissionControl:
         self.poll_interval = poll_interval
         self.pending = 0  # last count read, plus those admitted and less those finished since
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def enabled(self) -> bool:
         return self.limit > 0
-
-    def start(self) -> None:
-        if self.enabled:
-            self._task = asyncio.create_task(self._watch(), name="admission-control")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     async def admit(self) -> None:
         """Return when the booking may be created (at once, unless the saga is backlogged).
@@ -96,12 +85,12 @@ class AdmissionControl:
                 self.pending += 1
                 turn.set_result(None)
 
-    async def _watch(self) -> None:
-        while True:
-            try:
-                self.pending = await self.store.count_pending()
-            except Exception as exc:  # the database is away: admit freely, requests will 503
-                log.debug("admission control cannot count pending bookings: %r", exc)
-                self.pending = 0
+    async def poll(self) -> None:
+        """Re-read the PENDING count (every ``poll_interval`` s, run by the service)."""
+        try:
+            self.pending = await self.store.count_pending()
+        except DependencyError:  # the database is away: admit freely, requests will 503
+            self.pending = 0
+            raise
+        finally:
             self._let_in()
-            await asyncio.sleep(self.poll_interval)

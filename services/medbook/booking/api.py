@@ -14,26 +14,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from medbook import metrics
+from medbook import metrics, probes
 from medbook.booking import catalog
+from medbook.booking.domain import BookingRefused, CancelVerdict
 from medbook.booking.errors import ApiError, JSONResponse, ValidationFailed
 from medbook.booking.openapi import openapi_document
-from medbook.booking.store import (
-    CancelOutcome,
-    Created,
-    CreateRequest,
-    booking_json,
-    history_entry,
-    utcnow,
-)
+from medbook.booking.store import Created
 from medbook.booking.validation import (
     GENDER_PROBLEM,
     check_idempotency_key,
     parse_booking_request,
 )
-from medbook.contracts import BookingCreated, BookingStatus, Gender, ServiceItem
-from medbook.messaging import is_unavailable
-from medbook.telemetry import current_trace_id, extract_context, inject_headers, recording
+from medbook.booking.views import booking_json
+from medbook.contracts import Gender
+from medbook.failures import DependencyBusy, DependencyError
+from medbook.telemetry import extract_context, recording
 
 if TYPE_CHECKING:
     from medbook.booking.app import BookingService
@@ -48,25 +43,23 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def _service(request: Request) -> BookingService:
-    return request.app.state.service
+    service: BookingService = request.app.state.service
+    return service
 
 
 def guarded(endpoint: Endpoint) -> Endpoint:
-    """Turns a database or broker outage into a quick JSON 503 instead of a 500."""
+    """Turns a database or broker outage into a quick JSON 503 naming it, instead of a 500."""
 
     @functools.wraps(endpoint)
     async def wrapper(request: Request) -> Response:
         try:
             return await endpoint(request)
-        except ApiError:
-            raise
-        except Exception as exc:
-            if not is_unavailable(exc):
-                raise
-            log.warning("%s %s: dependency unavailable: %r", request.method, request.url.path, exc)
+        except DependencyError as exc:
+            log.warning("%s %s: %s", request.method, request.url.path, exc)
+            problem = "is overloaded" if isinstance(exc, DependencyBusy) else "cannot be reached"
             raise ApiError(
                 503,
-                "Service temporarily unavailable: the database cannot be reached",
+                f"Service temporarily unavailable: {exc.what} {problem}",
                 headers={"Retry-After": "2"},
             ) from exc
 
@@ -122,46 +115,13 @@ async def create_booking(request: Request) -> Response:
         key = check_idempotency_key(request.headers.get("idempotency-key"))
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
-    items = []
-    for name in booking.service_names:
-        item = catalog.BY_NAME.get(name)
-        if item is None:
-            raise ApiError(400, f"Service '{name}' does not exist")
-        if not item.offered_to(booking.gender):
-            raise ApiError(
-                400, f"Service '{name}' is not available for gender '{booking.gender.value}'"
-            )
-        items.append(ServiceItem(name=item.name, price=item.price))
-
-    service = _service(request)
-    await service.admission.admit()
-    now = utcnow()
     # With tracing on, the ASGI middleware's server span is the parent; with it off, that
     # middleware is not installed and a caller's traceparent is honoured here.
     parent = None if recording() else extract_context(request.headers)
-    with tracer.start_as_current_span("booking.create", context=parent) as span:
-        booking_id = uuid.uuid4()
-        span.set_attribute("medbook.booking_id", str(booking_id))
-        event = BookingCreated(
-            booking_id=booking_id,
-            user_id=booking.user_id,
-            user_name=booking.user_name,
-            gender=booking.gender,
-            dob=booking.dob,
-            services=tuple(items),
-            base_price=sum(i.price for i in items),
-            trace_id=current_trace_id(),
-            created_at=now,
-        )
-        outcome = await service.creates.submit(
-            CreateRequest(
-                event=event,
-                history=[history_entry(now, "Booking Created (Pending)")],
-                headers=inject_headers(),
-                idempotency_key=key,
-                fingerprint=booking.fingerprint(),
-            )
-        )
+    try:
+        outcome = await _service(request).bookings.create(booking, key, parent=parent)
+    except BookingRefused as exc:
+        raise ApiError(400, str(exc)) from None
     if outcome.created is Created.KEY_REUSED:
         raise ApiError(
             422,
@@ -169,10 +129,7 @@ async def create_booking(request: Request) -> Response:
             f"(booking {outcome.booking_id})",
         )
     headers = {"Location": f"/booking/{outcome.booking_id}"}
-    if outcome.created is Created.NEW:
-        service.relay.wake()
-        metrics.BOOKINGS_CREATED.inc()
-    else:
+    if outcome.created is Created.REPLAYED:
         headers["Idempotent-Replayed"] = "true"
     return JSONResponse(
         {
@@ -189,7 +146,7 @@ async def create_booking(request: Request) -> Response:
 @guarded
 async def get_booking(request: Request) -> Response:
     booking_id = parse_booking_id(request)
-    row = await _service(request).store.get(booking_id)
+    row = await _service(request).bookings.get(booking_id)
     if row is None:
         raise ApiError(404, f"Booking with ID {booking_id} not found")
     return JSONResponse(booking_json(row))
@@ -198,24 +155,13 @@ async def get_booking(request: Request) -> Response:
 @guarded
 async def cancel_booking(request: Request) -> Response:
     booking_id = parse_booking_id(request)
-    service = _service(request)
-    outcome, previous = await service.store.cancel(booking_id)
-    if outcome is CancelOutcome.NOT_FOUND:
+    cancelled = await _service(request).bookings.cancel(booking_id)
+    decision = cancelled.decision
+    if decision is None or cancelled.booking is None:
         raise ApiError(404, f"Booking with ID {booking_id} not found")
-    if outcome is CancelOutcome.NOT_CANCELLABLE and previous is not BookingStatus.CANCELLED:
-        raise ApiError(409, f"Booking {booking_id} cannot be cancelled: it is {previous}")
-    if outcome is CancelOutcome.CANCELLED:
-        service.relay.wake()
-        metrics.QUOTA_RELEASE_REQUESTS.labels("cancel").inc()
-        if previous is BookingStatus.PENDING:
-            metrics.SAGA_OUTCOMES.labels(BookingStatus.CANCELLED.value, "cancelled").inc()
-    row = await service.store.get(booking_id)
-    assert row is not None
-    return JSONResponse(booking_json(row))
-
-
-async def healthz(_: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    if decision.verdict is CancelVerdict.NOT_CANCELLABLE:
+        raise ApiError(409, f"Booking {booking_id} cannot be cancelled: it is {decision.previous}")
+    return JSONResponse(booking_json(cancelled.booking))
 
 
 async def readyz(request: Request) -> Response:
@@ -223,21 +169,7 @@ async def readyz(request: Request) -> Response:
     unknown = [c for c in wanted if c not in ("database", "broker")]
     if unknown:
         raise ApiError(400, f"unknown readiness check(s): {', '.join(unknown)} (database, broker)")
-    checks = await _service(request).readiness(wanted)
-    ok = all(checks.values())
-    return JSONResponse(
-        {
-            "status": "ok" if ok else "unavailable",
-            "checks": {k: "ok" if v else "down" for k, v in checks.items()},
-        },
-        status_code=200 if ok else 503,
-    )
-
-
-async def metrics_endpoint(_: Request) -> Response:
-    return Response(
-        metrics.exposition(metrics.BOOKING), media_type="text/plain; version=0.0.4; charset=utf-8"
-    )
+    return probes.readiness(await _service(request).readiness(wanted))
 
 
 async def openapi(_: Request) -> Response:
@@ -249,8 +181,8 @@ ROUTES = [
     Route("/booking", create_booking, methods=["POST"]),
     Route("/booking/{id}", get_booking, methods=["GET"]),
     Route("/booking/{id}/cancel", cancel_booking, methods=["POST"]),
-    Route("/healthz", healthz, methods=["GET"]),
+    Route("/healthz", probes.healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
-    Route("/metrics", metrics_endpoint, methods=["GET"]),
+    Route("/metrics", probes.metrics_endpoint(metrics.BOOKING), methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -22,17 +23,22 @@ from starlette.middleware import Middleware
 from starlette.routing import Match
 
 from medbook import contracts
+from medbook.background import Background, every
+from medbook.backoff import Backoff
 from medbook.booking import errors
 from medbook.booking.admission import AdmissionControl
 from medbook.booking.api import ROUTES
 from medbook.booking.batching import GroupCommit
+from medbook.booking.database import create_database
 from medbook.booking.middleware import BearerAuth, HttpMetrics
 from medbook.booking.monitor import SagaMonitor
 from medbook.booking.outbox import OutboxRelay
-from medbook.booking.results import ResultHandler
-from medbook.booking.store import BookingStore, create_database
+from medbook.booking.results import ResultHandler, apply_results
+from medbook.booking.store import BookingStore
+from medbook.booking.usecases import Bookings
 from medbook.config import BookingSettings
-from medbook.messaging import Consumer, Publisher, connect, is_unavailable
+from medbook.failures import DependencyUnavailable
+from medbook.messaging import Consumer, Publisher, connect
 from medbook.telemetry import recording, setup_tracing
 
 log = logging.getLogger(__name__)
@@ -42,7 +48,7 @@ class BookingService:
     def __init__(self, settings: BookingSettings) -> None:
         # The OpenTelemetry SDK makes the trace ids the API returns; a no-op provider
         # would give invalid (all-zero) ones, so it is installed here if the process has not.
-        setup_tracing("medbook-booking")
+        setup_tracing("medbook-booking", ("asyncpg", "aio_pika"))
         self.settings = settings
         db = settings.database
         self.db = create_database(
@@ -54,7 +60,7 @@ class BookingService:
         self.store = BookingStore(self.db)
         # Concurrent creates (and results) share a statement and a commit: see batching.py.
         self.creates = GroupCommit(self.store.create_many, name="create")
-        self.results = GroupCommit(self.store.apply_results, name="results")
+        self.results = GroupCommit(functools.partial(apply_results, self.store), name="results")
         self.connection: AbstractRobustConnection | None = None
         self.publisher: Publisher | None = None
         self.consumer: Consumer | None = None
@@ -70,33 +76,42 @@ class BookingService:
             max_wait=settings.admission_wait,
             burst=settings.admission_burst,
         )
+        self.bookings = Bookings(self.store, self.creates.submit, self.admission, self.relay.wake)
         self.monitor = SagaMonitor(self.store, lambda: self.connection)
         self.stopping = asyncio.Event()
-        self._broker_task: asyncio.Task[None] | None = None
+        self.tasks = Background()
 
     async def start(self) -> None:
-        await self.db.connect()
+        await self.store.connect()
         try:
             await self.store.ping()
-        except Exception as exc:
-            if not is_unavailable(exc):
-                raise
-            log.warning("database not reachable yet (%r); requests get 503 until it is", exc)
-        self.relay.start()
-        self.admission.start()
-        self.monitor.start()
-        self._broker_task = asyncio.create_task(self._attach_broker(), name="broker-link")
+        except DependencyUnavailable as exc:
+            log.warning("database not reachable yet (%s); requests get 503 until it is", exc)
+        self.tasks.start(self.relay.run(), name="outbox-relay", graceful=True)
+        self.tasks.start(
+            every(5.0, self.relay.refresh_backlog, name="outbox backlog"), name="outbox-backlog"
+        )
+        if self.admission.enabled:
+            self.tasks.start(
+                every(self.admission.poll_interval, self.admission.poll, name="admission count"),
+                name="admission-control",
+            )
+        self.tasks.start(
+            every(self.monitor.interval, self.monitor.refresh, name="saga gauges"),
+            name="saga-monitor",
+        )
+        self.tasks.start(self._attach_broker(), name="broker-link")
         log.info("booking service started")
 
     async def _attach_broker(self) -> None:
-        delay = 0.5
+        """Connect to the broker (retried until it answers), then publish and consume."""
         rabbit = self.settings.rabbit
+        backoff = Backoff(initial=0.5, maximum=5.0)
+        self.connection = await connect(
+            rabbit.url.get_secret_value(), "medbook-booking", stopping=self.stopping
+        )
         while not self.stopping.is_set():
             try:
-                if self.connection is None:
-                    self.connection = await connect(
-                        rabbit.url.get_secret_value(), "medbook-booking", stopping=self.stopping
-                    )
                 publisher = Publisher(self.connection)
                 await publisher.start()
                 self.publisher = publisher
@@ -108,35 +123,30 @@ class BookingService:
                     publisher=publisher,
                     prefetch=rabbit.prefetch,
                     max_tries=rabbit.max_tries,
+                    outage_budget=rabbit.outage_budget,
+                    message_timeout=rabbit.message_timeout,
                 )
                 await self.consumer.start()
                 return
-            except Exception as exc:
-                if self.stopping.is_set():
-                    return
-                log.warning("cannot set up the broker link (%r); retrying in %.1fs", exc, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), delay)
-                delay = min(delay * 2, 5.0)
+            except DependencyUnavailable as exc:
+                delay = await backoff.wait(self.stopping)
+                log.warning("cannot set up the broker link (%s); retried after %.1fs", exc, delay)
 
     async def stop(self) -> None:
         """Finish in-flight results and the outbox batch in progress, then close everything."""
         self.stopping.set()
-        if self._broker_task is not None and not self._broker_task.done():
-            self._broker_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._broker_task
+        self.relay.stopping.set()
         if self.consumer is not None:
             await self.consumer.stop(self.settings.shutdown_grace)
-        await self.relay.stop()
-        await self.admission.stop()
-        await self.monitor.stop()
+        # The relay finishes the batch it has claimed; the loops and the link are cancelled.
+        await self.tasks.stop(grace=self.settings.shutdown_grace)
+        await self.monitor.close()
         if self.publisher is not None:
             await self.publisher.close()
         if self.connection is not None:
             with contextlib.suppress(Exception):
                 await self.connection.close()
-        await self.db.disconnect()
+        await self.store.disconnect()
         log.info("booking service stopped")
 
     @property

@@ -50,6 +50,7 @@ class GroupCommit(Generic[In, Out]):
         self.name = name
         self._pending: list[tuple[In, asyncio.Future[Out], SpanContext | None]] = []
         self._running = 0
+        self._flushers: set[asyncio.Task[None]] = set()  # referenced until done
 
     async def submit(self, item: In) -> Out:
         if not recording():
@@ -68,7 +69,8 @@ class GroupCommit(Generic[In, Out]):
 
     def _start_flusher(self) -> None:
         task = asyncio.create_task(self._drain(), name=f"{self.name}-flush")
-        task.add_done_callback(lambda _: None)
+        self._flushers.add(task)
+        task.add_done_callback(self._flushers.discard)
 
     async def _drain(self) -> None:
         try:

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import http
 import logging
 from collections.abc import Mapping, Sequence
@@ -16,11 +15,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from medbook.clock import js_iso, utcnow
+
 log = logging.getLogger(__name__)
 
 
 def iso_now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return js_iso(utcnow())
 
 
 class JSONResponse(Response):

@@ -9,7 +9,6 @@ table it writes and exported here as counters.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
@@ -19,7 +18,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from medbook import contracts, metrics
-from medbook.booking.store import BookingStore, utcnow
+from medbook.booking.store import BookingStore
+from medbook.clock import utcnow
+from medbook.messaging import amqp_errors
 
 log = logging.getLogger(__name__)
 
@@ -74,53 +75,32 @@ class SagaMonitor:
     ) -> None:
         self.store = store
         self.connection = connection
-        self.interval = interval
+        self.interval = interval  # the service runs refresh() this often
         self._channel: AbstractChannel | None = None
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="saga-monitor")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def close(self) -> None:
         if self._channel is not None and not self._channel.is_closed:
             with contextlib.suppress(Exception):
                 await self._channel.close()
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except Exception as exc:
-                log.debug("cannot refresh the saga gauges: %r", exc)
-            await asyncio.sleep(self.interval)
-
     async def refresh(self) -> None:
-        row = await self.store.db.fetch_one(
-            "SELECT count(*) AS pending, min(created_at) AS oldest FROM bookings "
-            "WHERE status = 'PENDING'"
-        )
-        if row is not None:
-            metrics.PENDING_BOOKINGS.set(row["pending"])
-            oldest = row["oldest"]
-            metrics.OLDEST_PENDING_AGE.set((utcnow() - oldest).total_seconds() if oldest else 0)
-        sweeps = await self.store.db.fetch_one(
-            "SELECT count(*) AS runs, coalesce(sum(rejected), 0) AS rejected, "
-            "max(finished_at) AS last FROM sweep_runs"
-        )
-        if sweeps is not None:
-            SWEEPS.runs, SWEEPS.rejected = sweeps["runs"], sweeps["rejected"]
-            SWEEPS.last_run = sweeps["last"].timestamp() if sweeps["last"] else None
-            SWEEPS.known = True
+        pending = await self.store.pending()
+        metrics.PENDING_BOOKINGS.set(pending.count)
+        oldest = pending.oldest
+        metrics.OLDEST_PENDING_AGE.set((utcnow() - oldest).total_seconds() if oldest else 0)
+        sweeps = await self.store.sweep_totals()
+        SWEEPS.runs, SWEEPS.rejected = sweeps.runs, sweeps.rejected
+        SWEEPS.last_run = sweeps.last_run.timestamp() if sweeps.last_run else None
+        SWEEPS.known = True
         connection = self.connection()
         if connection is None or not connection.connected.is_set():
             return
-        # A channel of its own: a passive declare of a missing queue closes its channel.
-        if self._channel is None or self._channel.is_closed:
-            self._channel = await connection.channel()
-        for queue in QUEUES:
-            declared = await self._channel.declare_queue(queue, passive=True)
-            metrics.QUEUE_MESSAGES.labels(queue).set(declared.declaration_result.message_count or 0)
+        with amqp_errors():
+            # A channel of its own: a passive declare of a missing queue closes its channel.
+            if self._channel is None or self._channel.is_closed:
+                self._channel = await connection.channel()
+            for queue in QUEUES:
+                declared = await self._channel.declare_queue(queue, passive=True)
+                metrics.QUEUE_MESSAGES.labels(queue).set(
+                    declared.declaration_result.message_count or 0
+                )

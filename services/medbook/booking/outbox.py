@@ -14,16 +14,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 
 import asyncpg
 import orjson
 
 from medbook import metrics
-from medbook.booking.store import BookingStore, utcnow
+from medbook.backoff import Backoff
+from medbook.booking.store import BookingStore
+from medbook.clock import utcnow
 from medbook.contracts import Event
-from medbook.messaging import Publisher, is_unavailable
+from medbook.failures import DependencyError
+from medbook.messaging import Publisher
 from medbook.telemetry import extract_context, use_context
 
 log = logging.getLogger(__name__)
@@ -49,44 +51,27 @@ class OutboxRelay:
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.concurrency = concurrency
-        self._delay = 0.1
+        self.stopping = asyncio.Event()
+        self._backoff = Backoff(initial=0.1, maximum=5.0)
         self._backing_off = False
         self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._backlog_task: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         self._wake.set()
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="outbox-relay")
-        self._backlog_task = asyncio.create_task(self._watch_backlog(), name="outbox-backlog")
-
-    async def stop(self) -> None:
-        """Finish the batch in progress, then stop (what is left waits in the table)."""
-        self._stopping.set()
-        self._wake.set()
-        for task in (self._task, self._backlog_task):
-            if task is None:
-                continue
-            if task is self._backlog_task:
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _run(self) -> None:
-        """On each wake-up (or poll), start a drain unless ``concurrency`` are running already.
+    async def run(self) -> None:
+        """Until :attr:`stopping` is set: on each wake-up (or poll), start a drain unless
+        ``concurrency`` are running already; then let the drains in progress finish.
 
         Several drains at once (each takes different rows, SKIP LOCKED) let new rows
         go out while another batch still waits for its confirms and its commit.
         """
         drains: set[asyncio.Task[None]] = set()
-        while not self._stopping.is_set():
+        while not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
             self._wake.clear()
-            if self._stopping.is_set():
+            if self.stopping.is_set():
                 break
             if len(drains) < self.concurrency and not self._backing_off:
                 task = asyncio.create_task(self._drain_once())
@@ -98,23 +83,21 @@ class OutboxRelay:
     async def _drain_once(self) -> None:
         try:
             await self.drain()
-            self._delay = 0.1
+            self._backoff.reset()
         except Exception as exc:
-            if is_unavailable(exc):
-                log.warning("outbox relay: %r; retrying in %.1fs", exc, self._delay)
-            else:
-                log.exception("outbox relay failed; retrying in %.1fs", self._delay)
             self._backing_off = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._delay)
+            delay = await self._backoff.wait(self.stopping)
+            if isinstance(exc, DependencyError):
+                log.warning("outbox relay: %s; retried after %.1fs", exc, delay)
+            else:
+                log.error("outbox relay failed; retried after %.1fs", delay, exc_info=exc)
             self._backing_off = False
-            self._delay = min(self._delay * 2, 5.0)
             self._wake.set()
 
     async def drain(self) -> int:
         """Publish until the outbox is empty (or the broker is away); returns rows published."""
         total = 0
-        while not self._stopping.is_set():
+        while not self.stopping.is_set():
             published, claimed = await self.publish_batch()
             total += published
             if claimed < self.batch_size:
@@ -159,20 +142,9 @@ class OutboxRelay:
             )
         metrics.MESSAGES_PUBLISHED.labels(event.value).inc()
 
-    async def _watch_backlog(self) -> None:
+    async def refresh_backlog(self) -> None:
         """Keep the backlog gauges current (rows waiting, age of the oldest)."""
-        while True:
-            started = time.monotonic()
-            try:
-                row = await self.store.db.fetch_one(
-                    "SELECT count(*) AS waiting, min(created_at) AS oldest FROM outbox"
-                )
-                if row is not None:
-                    metrics.OUTBOX_BACKLOG.set(row["waiting"])
-                    oldest = row["oldest"]
-                    metrics.OUTBOX_OLDEST_AGE.set(
-                        (utcnow() - oldest).total_seconds() if oldest else 0
-                    )
-            except Exception as exc:
-                log.debug("cannot read the outbox backlog: %r", exc)
-            await asyncio.sleep(max(0.0, 5.0 - (time.monotonic() - started)))
+        backlog = await self.store.outbox_backlog()
+        metrics.OUTBOX_BACKLOG.set(backlog.count)
+        oldest = backlog.oldest
+        metrics.OUTBOX_OLDEST_AGE.set((utcnow() - oldest).total_seconds() if oldest else 0)

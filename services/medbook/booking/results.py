@@ -1,28 +1,70 @@
 """The result consumer: applies each ``discount_processed`` to its booking.
 
-One conditional statement per result (``WHERE status = 'PENDING'``), acked by
-the consumer only after the commit. A duplicate result changes nothing; a
-result for a booking that is no longer PENDING (swept or cancelled) is
-recorded in its history and, if it holds a quota unit, gives it back through
-the outbox.
+Results are applied in batches (group commit, ``batching.py``): the domain says
+what each result does to a PENDING booking, and one conditional statement
+stores all of them (``... AND status = 'PENDING'``). A result whose booking had
+left PENDING meanwhile (swept, cancelled) or that is a repeat is decided again
+against the booking as stored, locked, one by one. The consumer acks only after
+the commit, so a result is never lost and a repeat changes nothing.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 from aio_pika.abc import AbstractIncomingMessage
 from opentelemetry import trace
 
 from medbook import contracts, metrics
-from medbook.booking.store import ApplyOutcome, ResultOutcome, utcnow
+from medbook.booking import domain
+from medbook.booking.domain import Booking, ResultDecision, ResultVerdict
+from medbook.booking.store import BookingStore
+from medbook.clock import utcnow
 from medbook.contracts import BookingStatus, DiscountProcessed
 from medbook.messaging import DeadLetter
-from medbook.telemetry import consumer_parent, span
+from medbook.telemetry import consumer_parent, inject_headers, span
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("medbook.booking")
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedResult:
+    decision: ResultDecision
+    created_at: dt.datetime | None = None  # the booking's, when the result was applied
+
+
+async def apply_results(
+    store: BookingStore, results: Sequence[DiscountProcessed]
+) -> list[AppliedResult]:
+    """Apply a batch of results: one statement for those whose booking is PENDING."""
+    now = utcnow()
+    decisions = [
+        domain.apply_result(Booking(r.booking_id, BookingStatus.PENDING), r, now) for r in results
+    ]
+    transitions = [d.transition for d in decisions if d.transition is not None]
+    applied = await store.apply_pending(transitions)
+    outcomes = []
+    for result, decision in zip(results, decisions, strict=True):
+        created_at = applied.pop(result.booking_id, None)
+        if created_at is not None:
+            outcomes.append(AppliedResult(decision, created_at))
+        else:
+            outcomes.append(AppliedResult(await _apply_to_stored(store, result, now)))
+    return outcomes
+
+
+async def _apply_to_stored(
+    store: BookingStore, result: DiscountProcessed, now: dt.datetime
+) -> ResultDecision:
+    async with store.transaction() as tx:
+        decision = domain.apply_result(await tx.locked(result.booking_id), result, now)
+        if decision.transition is not None:
+            await tx.persist(decision.transition, inject_headers())
+        return decision
 
 
 def outcome_reason(result: DiscountProcessed) -> str:
@@ -39,7 +81,7 @@ def outcome_reason(result: DiscountProcessed) -> str:
 class ResultHandler:
     def __init__(
         self,
-        apply: Callable[[DiscountProcessed], Awaitable[ApplyOutcome]],
+        apply: Callable[[DiscountProcessed], Awaitable[AppliedResult]],
         wake_relay: Callable[[], None],
         finished: Callable[[], None] = lambda: None,
     ) -> None:
@@ -67,7 +109,8 @@ class ResultHandler:
 
     async def apply(self, result: DiscountProcessed) -> None:
         outcome = await self.apply_result(result)
-        if outcome.outcome is ResultOutcome.APPLIED:
+        decision = outcome.decision
+        if decision.verdict is ResultVerdict.APPLIED:
             assert outcome.created_at is not None
             self.finished()
             metrics.SAGA_OUTCOMES.labels(result.status.value, outcome_reason(result)).inc()
@@ -75,17 +118,18 @@ class ResultHandler:
                 (utcnow() - outcome.created_at).total_seconds()
             )
             log.debug("booking %s %s", result.booking_id, result.status.value)
-        elif outcome.outcome is ResultOutcome.DUPLICATE:
+        elif decision.verdict is ResultVerdict.DUPLICATE:
             metrics.DUPLICATES_DETECTED.labels(contracts.BOOKING_QUEUE).inc()
             log.info("duplicate result for booking %s ignored", result.booking_id)
-        elif outcome.outcome is ResultOutcome.LATE:
+        elif decision.verdict is ResultVerdict.LATE:
+            assert decision.transition is not None
             log.info(
                 "late result for booking %s (already %s)%s",
                 result.booking_id,
-                outcome.current_status,
-                "; its quota unit goes back" if outcome.released else "",
+                decision.transition.expect,
+                "; its quota unit goes back" if decision.releases else "",
             )
-            if outcome.released:
+            if decision.releases:
                 metrics.QUOTA_RELEASE_REQUESTS.labels("late_result").inc()
                 self.wake_relay()
         else:

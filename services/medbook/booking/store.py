@@ -1,13 +1,14 @@
 """The booking service's PostgreSQL statements: bookings, their outbox events, sweeps.
 
-Each state change is one conditional statement (or one transaction with the
-outbox rows it causes): a booking and its ``booking_created`` event are
-inserted together or not at all, a result is applied only to a ``PENDING``
-booking with its history appended in the same statement, and a cancel or a
-sweep emits its ``quota_released`` events in the transaction that changes the
-booking. The hot paths (create, apply a result) use the asyncpg connection
-that ``databases`` wraps, with prepared statements; the rest goes through
-``databases``.
+This module persists what ``booking/domain.py`` decides and decides nothing
+itself. A new booking and its ``booking_created`` event are inserted together
+or not at all; a transition is stored with its history lines and its outbox
+events in one transaction, and only while the booking still has the status the
+transition expects (the conditional ``WHERE ... AND status = ...`` is the guard
+against a concurrent change). The hot paths (create, apply results) write whole
+batches in one statement over the asyncpg connection that ``databases`` wraps,
+with prepared statements. Every driver error leaves this module translated
+(``booking/database.py``).
 """
 
 from __future__ import annotations
@@ -25,26 +26,9 @@ import orjson
 from databases import Database
 
 from medbook import contracts
-from medbook.contracts import (
-    BookingCreated,
-    BookingStatus,
-    DiscountProcessed,
-    Event,
-    QuotaReleased,
-    ReleaseReason,
-    SagaState,
-)
-from medbook.telemetry import inject_headers
-
-
-def iso(moment: dt.datetime) -> str:
-    """``2026-01-30T10:00:00.123Z``, the reference's (JavaScript) timestamp form."""
-    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
+from medbook.booking.database import database_errors
+from medbook.booking.domain import KEEP, Booking, NewBooking, OutboxEvent, Timeout, Transition
+from medbook.contracts import BookingStatus, Event
 
 _INSERT_MANY = """
 WITH input AS (
@@ -73,7 +57,8 @@ _BY_IDEMPOTENCY_KEY = """
 SELECT id, request_fingerprint, trace_id, status FROM bookings WHERE idempotency_key = $1
 """
 
-_APPLY_RESULTS = """
+# Results applied to PENDING bookings, a batch at a time (the status is the guard).
+_APPLY_PENDING = """
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::integer[], $4::text[], $5::date[],
                          $6::uuid[], $7::jsonb[])
@@ -88,16 +73,27 @@ WHERE b.id = i.id AND b.status = 'PENDING'
 RETURNING b.id, b.created_at
 """
 
-_RECORD_LATE_RESULT = """
-UPDATE bookings
-SET history = history || $3::jsonb, result_id = $2, updated_at = $4
-WHERE id = $1 AND status <> 'PENDING' AND result_id IS DISTINCT FROM $2
-RETURNING status, quota_day
-"""
+_LOCK = "SELECT status, quota_day, result_id FROM bookings WHERE id = $1 FOR UPDATE"
 
 _INSERT_OUTBOX = """
 INSERT INTO outbox (event, booking_id, payload, headers) VALUES ($1, $2, $3, $4::jsonb)
 """
+
+_SWEEP = """
+UPDATE bookings
+SET status = $1, fail_reason = $2, history = history || $3::jsonb,
+    updated_at = $4, completed_at = $4
+WHERE status = 'PENDING' AND created_at < $5
+RETURNING id, created_at
+"""
+
+# Columns a transition may set, by the domain's field name (they are the same).
+_COLUMNS = frozenset({"status", "final_price", "fail_reason", "quota_day", "result_id"})
+
+_EVENT_OF: dict[type[OutboxEvent], Event] = {
+    contracts.BookingCreated: Event.BOOKING_CREATED,
+    contracts.QuotaReleased: Event.QUOTA_RELEASED,
+}
 
 
 class Created(StrEnum):
@@ -108,9 +104,8 @@ class Created(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class CreateRequest:
-    event: BookingCreated
-    history: Sequence[str]
-    headers: Mapping[str, str]
+    booking: NewBooking
+    headers: Mapping[str, str]  # the trace context the event carries
     idempotency_key: str | None
     fingerprint: str
 
@@ -123,89 +118,79 @@ class CreateOutcome:
     status: BookingStatus
 
 
-class ResultOutcome(StrEnum):
-    APPLIED = "applied"
-    DUPLICATE = "duplicate"
-    LATE = "late"
-    UNKNOWN_BOOKING = "unknown_booking"
-
-
-@dataclass(frozen=True, slots=True)
-class ApplyOutcome:
-    outcome: ResultOutcome
-    created_at: dt.datetime | None = None
-    current_status: BookingStatus | None = None
-    released: bool = False
-
-
-class CancelOutcome(StrEnum):
-    CANCELLED = "cancelled"
-    NOT_FOUND = "not_found"
-    NOT_CANCELLABLE = "not_cancellable"
-
-
 @dataclass(frozen=True, slots=True)
 class SweptBooking:
     booking_id: uuid.UUID
     created_at: dt.datetime
 
 
-def history_entry(moment: dt.datetime, text: str) -> str:
-    return f"[{iso(moment)}] {text}"
+@dataclass(frozen=True, slots=True)
+class PendingSummary:
+    count: int
+    oldest: dt.datetime | None
 
 
-def result_history(result: DiscountProcessed, now: dt.datetime) -> list[str]:
-    """The result's steps, then its outcome, as the reference's history lines."""
-    entries = [
-        history_entry(step.at, f"[{step.state.value}] {step.message}") for step in result.steps
-    ]
-    if result.status is BookingStatus.CONFIRMED:
-        entries.append(
-            history_entry(
-                now, f"Discount Processed. Status: CONFIRMED. Price: {result.final_price}"
-            )
-        )
-    else:
-        entries.append(
-            history_entry(now, f"Failed: {result.reason}. Status: {result.status.value}")
-        )
-    return entries
+@dataclass(frozen=True, slots=True)
+class SweepTotals:
+    runs: int
+    rejected: int
+    last_run: dt.datetime | None
 
 
 def outbox_row(
-    event: Event, booking_id: uuid.UUID, message: contracts._Message, headers: Mapping[str, str]
+    event: OutboxEvent, booking_id: uuid.UUID, headers: Mapping[str, str]
 ) -> tuple[str, uuid.UUID, str, str]:
     return (
-        event.value,
+        _EVENT_OF[type(event)].value,
         booking_id,
-        contracts.encode(message).decode(),
+        contracts.encode(event).decode(),
         orjson.dumps(dict(headers)).decode(),
     )
 
 
-async def _reset_connection(connection: asyncpg.Connection) -> None:
-    """Replaces asyncpg's per-release reset query (a measured ~30% of a booking's CPU).
-
-    Our statements leave no session state behind (no LISTEN, SET, advisory
-    lock or open cursor), so the only thing to undo is an interrupted
-    transaction.
-    """
-    if connection.is_in_transaction():
-        await connection.execute("ROLLBACK")
+def _json(values: Sequence[str]) -> str:
+    return orjson.dumps(list(values)).decode()
 
 
-def create_database(
-    dsn: str, *, max_size: int, connect_timeout: float, statement_timeout: float
-) -> Database:
-    return Database(
-        dsn,
-        min_size=0,
-        max_size=max_size,
-        timeout=connect_timeout,
-        command_timeout=statement_timeout,
-        reset=_reset_connection,
-        max_inactive_connection_lifetime=60,
-    )
+class Transaction:
+    """One transaction's view of the bookings: lock one, store transitions."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def locked(self, booking_id: uuid.UUID) -> Booking | None:
+        """The booking, locked until the transaction ends (None: there is none)."""
+        row = await self.conn.fetchrow(_LOCK, booking_id)
+        if row is None:
+            return None
+        return Booking(booking_id, BookingStatus(row["status"]), row["quota_day"], row["result_id"])
+
+    async def persist(self, transition: Transition, headers: Mapping[str, str]) -> bool:
+        """Store the transition and its events; False when the guard refused it."""
+        changes = transition.changes()
+        assert set(changes) <= _COLUMNS, changes
+        assignments = [f"{column} = ${i}" for i, column in enumerate(changes, start=4)]
+        if transition.completes:
+            assignments.append("completed_at = COALESCE(completed_at, $3)")
+        # Column names come from _COLUMNS; every value is a parameter.
+        statement = (
+            "UPDATE bookings SET history = history || $2::jsonb, updated_at = $3"  # noqa: S608
+            + "".join(f", {a}" for a in assignments)
+            + " WHERE id = $1"
+        )
+        args: list[Any] = [transition.booking_id, _json(transition.history), transition.at]
+        args += [v.value if isinstance(v, StrEnum) else v for v in changes.values()]
+        if transition.expect is not None:
+            statement += f" AND status = ${len(args) + 1}"
+            args.append(transition.expect.value)
+        if (await self.conn.execute(statement, *args)) == "UPDATE 0":
+            return False
+        if transition.events:
+            await self.conn.executemany(
+                _INSERT_OUTBOX,
+                [outbox_row(e, transition.booking_id, headers) for e in transition.events],
+            )
+        return True
 
 
 class BookingStore:
@@ -214,17 +199,55 @@ class BookingStore:
 
     @contextlib.asynccontextmanager
     async def raw(self) -> AsyncIterator[asyncpg.Connection]:
-        """The asyncpg connection ``databases`` holds for this task."""
-        async with self.db.connection() as connection:
-            yield connection.raw_connection
+        """The asyncpg connection ``databases`` holds for this task (errors translated)."""
+        with database_errors():
+            async with self.db.connection() as connection:
+                yield connection.raw_connection
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        async with self.raw() as conn, conn.transaction():
+            yield Transaction(conn)
+
+    async def connect(self) -> None:
+        with database_errors():
+            await self.db.connect()
+
+    async def disconnect(self) -> None:
+        await self.db.disconnect()
 
     async def ping(self) -> None:
-        await self.db.fetch_val("SELECT 1")
+        async with self.raw() as conn:
+            await conn.fetchval("SELECT 1")
 
     async def count_pending(self) -> int:
-        return int(
-            await self.db.fetch_val("SELECT count(*) FROM bookings WHERE status = 'PENDING'")
-        )
+        return (await self.pending()).count
+
+    async def pending(self) -> PendingSummary:
+        """How many bookings are PENDING, and since when the oldest is."""
+        async with self.raw() as conn:
+            row = await conn.fetchrow(
+                "SELECT count(*) AS n, min(created_at) AS oldest FROM bookings "
+                "WHERE status = 'PENDING'"
+            )
+        assert row is not None
+        return PendingSummary(int(row["n"]), row["oldest"])
+
+    async def outbox_backlog(self) -> PendingSummary:
+        """How many events wait in the outbox, and since when the oldest does."""
+        async with self.raw() as conn:
+            row = await conn.fetchrow("SELECT count(*) AS n, min(created_at) AS oldest FROM outbox")
+        assert row is not None
+        return PendingSummary(int(row["n"]), row["oldest"])
+
+    async def sweep_totals(self) -> SweepTotals:
+        async with self.raw() as conn:
+            row = await conn.fetchrow(
+                "SELECT count(*) AS runs, coalesce(sum(rejected), 0) AS rejected, "
+                "max(finished_at) AS last FROM sweep_runs"
+            )
+        assert row is not None
+        return SweepTotals(int(row["runs"]), int(row["rejected"]), row["last"])
 
     # -- create --------------------------------------------------------------------
 
@@ -236,11 +259,11 @@ class BookingStore:
         """
         columns: list[list[Any]] = [[] for _ in range(14)]
         for r in requests:
-            e = r.event
+            e = r.booking.event
             values = (
                 e.booking_id, e.user_id, e.user_name, e.gender.value, e.dob,
                 orjson.dumps([s.model_dump() for s in e.services]).decode(), e.base_price,
-                orjson.dumps(list(r.history)).decode(), e.trace_id, r.idempotency_key,
+                _json(r.booking.history), e.trace_id, r.idempotency_key,
                 r.fingerprint if r.idempotency_key else None, e.created_at,
                 contracts.encode(e).decode(), orjson.dumps(dict(r.headers)).decode(),
             )  # fmt: skip
@@ -250,10 +273,11 @@ class BookingStore:
             inserted = {row["booking_id"] for row in await conn.fetch(_INSERT_MANY, *columns)}
             outcomes = []
             for r in requests:
-                if r.event.booking_id in inserted:
+                event = r.booking.event
+                if event.booking_id in inserted:
                     outcomes.append(
                         CreateOutcome(
-                            Created.NEW, r.event.booking_id, r.event.trace_id, BookingStatus.PENDING
+                            Created.NEW, event.booking_id, event.trace_id, BookingStatus.PENDING
                         )
                     )
                 else:
@@ -276,207 +300,68 @@ class BookingStore:
 
     # -- read ----------------------------------------------------------------------
 
-    async def get(self, booking_id: uuid.UUID) -> Mapping[str, Any] | None:
-        return await self.db.fetch_one(
-            "SELECT id, user_id, user_name, gender, dob, services, base_price, final_price, "
-            "status, fail_reason, history, trace_id, created_at, updated_at, completed_at "
-            "FROM bookings WHERE id = :id",
-            {"id": booking_id},
-        )
+    async def get(self, booking_id: uuid.UUID) -> dict[str, Any] | None:
+        """The whole booking, as a row (the API's view is built from it)."""
+        async with self.raw() as conn:
+            row = await conn.fetchrow(
+                "SELECT id, user_id, user_name, gender, dob, services, base_price, final_price, "
+                "status, fail_reason, history, trace_id, created_at, updated_at, completed_at "
+                "FROM bookings WHERE id = $1",
+                booking_id,
+            )
+        return None if row is None else dict(row)
 
-    # -- results -------------------------------------------------------------------
+    # -- transitions ---------------------------------------------------------------
 
-    async def apply_results(self, results: Sequence[DiscountProcessed]) -> list[ApplyOutcome]:
-        """Apply results to PENDING bookings in one statement; the rest are late or repeats."""
-        now = utcnow()
+    async def apply_pending(
+        self, transitions: Sequence[Transition]
+    ) -> dict[uuid.UUID, dt.datetime]:
+        """Store results' transitions of PENDING bookings in one statement.
+
+        Returns the creation time of each booking it changed; a booking that was
+        no longer PENDING is left alone (its result takes the one-by-one path).
+        A booking listed twice (a duplicate delivery) is changed once.
+        """
+        if not transitions:
+            return {}
         columns: list[list[Any]] = [[] for _ in range(7)]
-        for r in results:
+        at = transitions[0].at
+        for t in transitions:
+            assert t.expect is BookingStatus.PENDING
+            assert t.status is not KEEP
             values = (
-                r.booking_id, r.status.value, r.final_price, r.reason, r.quota_day, r.result_id,
-                orjson.dumps(result_history(r, now)).decode(),
+                t.booking_id, t.status.value, t.final_price, t.fail_reason, t.quota_day,
+                t.result_id, _json(t.history),
             )  # fmt: skip
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
         async with self.raw() as conn:
-            rows = await conn.fetch(_APPLY_RESULTS, *columns, now)
-            # A booking listed twice in the batch (a duplicate delivery) is applied once;
-            # its second result takes the late path and is recognised there as a repeat.
-            applied = {row["id"]: row["created_at"] for row in rows}
-            outcomes = []
-            for r in results:
-                created_at = applied.pop(r.booking_id, None)
-                if created_at is not None:
-                    outcomes.append(ApplyOutcome(ResultOutcome.APPLIED, created_at=created_at))
-                else:
-                    outcomes.append(await self._late_result(conn, r, now))
-            return outcomes
+            rows = await conn.fetch(_APPLY_PENDING, *columns, at)
+        return {row["id"]: row["created_at"] for row in rows}
 
-    async def _late_result(
-        self, conn: asyncpg.Connection, result: DiscountProcessed, now: dt.datetime
-    ) -> ApplyOutcome:
-        async with conn.transaction():
-            summary = f"{result.status.value}" + (
-                f" at {result.final_price}"
-                if result.status is BookingStatus.CONFIRMED
-                else f": {result.reason}"
+    async def sweep(self, rule: Timeout, headers: Mapping[str, str]) -> list[SweptBooking]:
+        """Apply the timeout rule to every booking it covers, in one statement."""
+        async with self.transaction() as tx:
+            rows = await tx.conn.fetch(
+                _SWEEP,
+                rule.status.value,
+                rule.fail_reason,
+                _json(rule.history),
+                rule.at,
+                rule.cutoff,
             )
-            row = await conn.fetchrow(
-                _RECORD_LATE_RESULT,
-                result.booking_id,
-                result.result_id,
-                orjson.dumps(
-                    [history_entry(now, f"Late discount result ignored ({summary})")]
-                ).decode(),
-                now,
-            )
-            if row is None:
-                exists = await conn.fetchval(
-                    "SELECT 1 FROM bookings WHERE id = $1", result.booking_id
-                )
-                return ApplyOutcome(
-                    ResultOutcome.DUPLICATE if exists else ResultOutcome.UNKNOWN_BOOKING
-                )
-            release = result.quota_day is not None and row["quota_day"] is None
-            if release:
-                await self._emit_release(
-                    conn, result.booking_id, result.quota_day, ReleaseReason.LATE_RESULT, now
-                )
-            return ApplyOutcome(
-                ResultOutcome.LATE, current_status=BookingStatus(row["status"]), released=release
-            )
-
-    async def _emit_release(
-        self,
-        conn: asyncpg.Connection,
-        booking_id: uuid.UUID,
-        day: dt.date | None,
-        reason: ReleaseReason,
-        now: dt.datetime,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        message = QuotaReleased(booking_id=booking_id, day=day, reason=reason)
-        await conn.execute(
-            _INSERT_OUTBOX,
-            *outbox_row(
-                Event.QUOTA_RELEASED,
-                booking_id,
-                message,
-                headers if headers is not None else inject_headers(),
-            ),
-        )
-        if reason is ReleaseReason.LATE_RESULT:
-            await conn.execute(
-                "UPDATE bookings SET history = history || $2::jsonb WHERE id = $1",
-                booking_id,
-                orjson.dumps(
-                    [
-                        history_entry(
-                            now, f"[{SagaState.COMPENSATING.value}] Quota unit of {day} released"
-                        )
-                    ]
-                ).decode(),
-            )
-
-    # -- cancel --------------------------------------------------------------------
-
-    async def cancel(self, booking_id: uuid.UUID) -> tuple[CancelOutcome, BookingStatus | None]:
-        """Cancel a PENDING or CONFIRMED booking; its quota unit goes back through the outbox."""
-        now = utcnow()
-        async with self.raw() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "SELECT status, quota_day FROM bookings WHERE id = $1 FOR UPDATE", booking_id
-            )
-            if row is None:
-                return CancelOutcome.NOT_FOUND, None
-            previous = BookingStatus(row["status"])
-            if previous not in (BookingStatus.PENDING, BookingStatus.CONFIRMED):
-                return CancelOutcome.NOT_CANCELLABLE, previous
-            day = row["quota_day"]
-            note = f"Booking Cancelled (was {previous.value})"
-            if day is not None:
-                note += f"; quota unit of {day} released"
-            await conn.execute(
-                """
-                UPDATE bookings
-                SET status = 'CANCELLED', quota_day = NULL, history = history || $2::jsonb,
-                    updated_at = $3, completed_at = COALESCE(completed_at, $3)
-                WHERE id = $1
-                """,
-                booking_id,
-                orjson.dumps([history_entry(now, note)]).decode(),
-                now,
-            )
-            # A PENDING booking may hold a unit whose result is still on its way (or
-            # lost): the worker releases whatever it holds for this booking, if anything.
-            if day is not None or previous is BookingStatus.PENDING:
-                await self._emit_release(conn, booking_id, day, ReleaseReason.CANCELLED, now)
-            return CancelOutcome.CANCELLED, previous
-
-    # -- sweep ---------------------------------------------------------------------
-
-    async def sweep(
-        self, pending_timeout: dt.timedelta, headers: Mapping[str, str]
-    ) -> list[SweptBooking]:
-        """Reject bookings PENDING for longer than the timeout, in one statement."""
-        now = utcnow()
-        entry = history_entry(now, f"Failed: {contracts.TIMEOUT_REASON}. Status: REJECTED")
-        async with self.raw() as conn, conn.transaction():
-            rows = await conn.fetch(
-                """
-                UPDATE bookings
-                SET status = 'REJECTED', fail_reason = $1, history = history || $2::jsonb,
-                    updated_at = $3, completed_at = $3
-                WHERE status = 'PENDING' AND created_at < $4
-                RETURNING id, created_at
-                """,
-                contracts.TIMEOUT_REASON,
-                orjson.dumps([entry]).decode(),
-                now,
-                now - pending_timeout,
-            )
-            if rows:
-                # The sweep cannot know whether the worker reserved a unit before the
-                # result went missing; the worker releases one only if it exists.
-                await conn.executemany(
-                    _INSERT_OUTBOX,
-                    [
-                        outbox_row(
-                            Event.QUOTA_RELEASED,
-                            row["id"],
-                            QuotaReleased(booking_id=row["id"], reason=ReleaseReason.SWEPT),
-                            headers,
-                        )
-                        for row in rows
-                    ],
-                )
-            await conn.execute(
+            events = [
+                outbox_row(event, row["id"], headers)
+                for row in rows
+                for event in rule.events(row["id"])
+            ]
+            if events:
+                await tx.conn.executemany(_INSERT_OUTBOX, events)
+            await tx.conn.execute(
                 "INSERT INTO sweep_runs (finished_at, rejected, pending_timeout_seconds) "
                 "VALUES ($1, $2, $3)",
-                now,
+                rule.at,
                 len(rows),
-                int(pending_timeout.total_seconds()),
+                int((rule.at - rule.cutoff).total_seconds()),
             )
         return [SweptBooking(row["id"], row["created_at"]) for row in rows]
-
-
-def booking_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A booking as the API answers it (the reference's fields, plus traceId and completedAt)."""
-    services = row["services"]
-    history = row["history"]
-    return {
-        "id": str(row["id"]),
-        "userId": row["user_id"],
-        "userName": row["user_name"],
-        "gender": row["gender"],
-        "dob": row["dob"].isoformat(),
-        "services": orjson.loads(services) if isinstance(services, str | bytes) else services,
-        "basePrice": row["base_price"],
-        "finalPrice": row["final_price"],
-        "status": row["status"],
-        "failReason": row["fail_reason"],
-        "history": orjson.loads(history) if isinstance(history, str | bytes) else history,
-        "traceId": row["trace_id"],
-        "createdAt": iso(row["created_at"]),
-        "updatedAt": iso(row["updated_at"]),
-        "completedAt": iso(row["completed_at"]) if row["completed_at"] else None,
-    }

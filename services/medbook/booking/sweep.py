@@ -18,9 +18,12 @@ import logging
 from opentelemetry import trace
 
 from medbook import metrics
-from medbook.booking.store import BookingStore, SweptBooking, create_database
+from medbook.booking import domain
+from medbook.booking.database import create_database
+from medbook.booking.store import BookingStore, SweptBooking
+from medbook.clock import utcnow
 from medbook.config import CleanupSettings
-from medbook.messaging import is_unavailable
+from medbook.failures import DependencyUnavailable
 from medbook.runtime import on_stop_signals, run
 from medbook.telemetry import inject_headers, setup_logging, setup_tracing
 
@@ -30,7 +33,7 @@ tracer = trace.get_tracer("medbook.cleanup")
 
 async def sweep_once(store: BookingStore, pending_timeout: dt.timedelta) -> list[SweptBooking]:
     with tracer.start_as_current_span("booking.sweep") as span:
-        swept = await store.sweep(pending_timeout, inject_headers())
+        swept = await store.sweep(domain.time_out(pending_timeout, utcnow()), inject_headers())
         span.set_attribute("medbook.swept", len(swept))
     if swept:  # the booking service exports the sweep's totals from sweep_runs
         metrics.QUOTA_RELEASE_REQUESTS.labels("sweep").inc(len(swept))
@@ -49,7 +52,7 @@ async def sweep_main(settings: CleanupSettings, pending_timeout: int, every: flo
     )
     stop = asyncio.Event()
     on_stop_signals(lambda name: stop.set())
-    await store.db.connect()
+    await store.connect()
     timeout = dt.timedelta(seconds=pending_timeout)
     try:
         while True:
@@ -61,13 +64,15 @@ async def sweep_main(settings: CleanupSettings, pending_timeout: int, every: flo
                     pending_timeout,
                     extra={"rejected": len(swept)},
                 )
+            except DependencyUnavailable as exc:
+                if every is None:
+                    log.error("sweep failed: %s", exc)
+                    return 1
+                log.warning("sweep skipped: %s", exc)
             except Exception as exc:
-                if every is None or not is_unavailable(exc):
-                    log.error("sweep failed: %r", exc)
-                    if every is None:
-                        return 1
-                else:
-                    log.warning("sweep skipped, database unavailable: %r", exc)
+                log.error("sweep failed: %r", exc, exc_info=exc)
+                if every is None:
+                    return 1
             if every is None:
                 return 0
             try:
@@ -76,7 +81,7 @@ async def sweep_main(settings: CleanupSettings, pending_timeout: int, every: flo
             except TimeoutError:
                 continue
     finally:
-        await store.db.disconnect()
+        await store.disconnect()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.every is not None and args.every <= 0:
         parser.error("--every must be positive")
     setup_logging(settings.telemetry, "medbook-cleanup")
-    setup_tracing("medbook-cleanup")
+    setup_tracing("medbook-cleanup", ("asyncpg",))
     return run(lambda: sweep_main(settings, args.pending_timeout, args.every))
 
 

@@ -9,14 +9,11 @@ future is refused, and a service cannot be listed twice.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import re
 import uuid
-from dataclasses import dataclass
 from typing import Any, Final
 
-import orjson
-
+from medbook.booking.domain import BookingRequest
 from medbook.contracts import Gender
 
 MAX_NAME_LENGTH: Final = 200
@@ -33,28 +30,6 @@ _KEY = re.compile(r"^[\x21-\x7e]+$")
 
 # Namespace of the stable user ids derived from names (UUIDv5).
 USER_NAMESPACE: Final = uuid.UUID("6f1c7a52-4b0e-5d8e-9a55-3c2f8d0b7e11")
-
-
-@dataclass(frozen=True, slots=True)
-class BookingRequest:
-    user_name: str
-    gender: Gender
-    dob: dt.date
-    service_names: tuple[str, ...]
-    user_id: str
-
-    def fingerprint(self) -> str:
-        """A digest of the request's meaning, for Idempotency-Key comparisons."""
-        canonical = orjson.dumps(
-            [
-                self.user_name,
-                self.gender.value,
-                self.dob.isoformat(),
-                list(self.service_names),
-                self.user_id,
-            ]
-        )
-        return hashlib.sha256(canonical).hexdigest()
 
 
 def user_id_for(name: str) -> str:
@@ -118,7 +93,7 @@ def parse_booking_request(
     return (
         BookingRequest(
             user_name=clean_name,
-            gender=Gender(gender),
+            gender=Gender(str(gender)),
             dob=dob,
             service_names=tuple(s.strip() for s in services),
             user_id=user_id.strip() if isinstance(user_id, str) else user_id_for(clean_name),

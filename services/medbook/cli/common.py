@@ -222,8 +222,6 @@ async def broker(url: str) -> AsyncIterator[Any]:
 
 def run(main: Coroutine[Any, Any, T], *, interrupt_ok: bool = False) -> T:
     """Run the command's coroutine; turn expected failures into a message and an exit code."""
-    from medbook.messaging import is_unavailable
-
     try:
         return asyncio.run(main)
     except KeyboardInterrupt:
@@ -242,10 +240,23 @@ def run(main: Coroutine[Any, Any, T], *, interrupt_ok: bool = False) -> T:
     except Exception as exc:
         import httpx
 
-        if isinstance(exc, httpx.TransportError) or is_unavailable(exc):
+        if isinstance(exc, httpx.TransportError) or _lost_server(exc):
             err().print(f"[red]error:[/red] lost a server during the run: {exc!r}")
             raise typer.Exit(EXIT_USAGE) from None
         raise
+
+
+def _lost_server(exc: Exception) -> bool:
+    """Is this a server that went away (in any adapter's terms)?"""
+    from medbook.booking import database
+    from medbook.failures import DependencyUnavailable
+    from medbook.messaging import translate as amqp
+    from medbook.redis_connection import translate as redis
+
+    return any(
+        isinstance(translate(exc), DependencyUnavailable)
+        for translate in (database.translate, redis, amqp)
+    )
 
 
 def confirm(question: str, yes: bool) -> None:
@@ -306,7 +317,8 @@ async def current_policy(redis: Any) -> PolicyView:
     """The published policy, else the workers' defaults from this environment."""
     from pydantic import ValidationError
 
-    from medbook.discount.policy import PolicyStore, QuotaPolicy, describe_error
+    from medbook.discount.policy import QuotaPolicy, describe_error
+    from medbook.discount.policy_store import PolicyStore
 
     store = PolicyStore(redis)
     try:

@@ -22,7 +22,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from medbook.cli.common import UsageProblem, current_policy
-from medbook.discount.policy import PolicyStore, QuotaPolicy, describe_error
+from medbook.discount.policy import QuotaPolicy, describe_error
+from medbook.discount.policy_store import PolicyStore
 
 OWNER_PREFIX = "QuotaPolicy "
 

@@ -12,7 +12,6 @@ waits in the broker.
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
@@ -20,6 +19,8 @@ from typing import Final
 
 from redis.asyncio import Redis
 
+from medbook import contracts
+from medbook.discount.decision import Plan
 from medbook.discount.quota import (
     DAY_TTL_SECONDS,
     RESERVE_FUNCTION,
@@ -27,6 +28,7 @@ from medbook.discount.quota import (
     members_key,
     reservation_key,
 )
+from medbook.redis_connection import redis_call
 
 RECORD_PREFIX: Final = "discount_processed:"
 
@@ -100,34 +102,30 @@ class IdempotencyStore:
         self._claim = redis.register_script(_CLAIM)
         self._complete = redis.register_script(_COMPLETE)
 
+    @redis_call
     async def claim(self, booking_id: uuid.UUID, now: str) -> Claim:
         state, result, attempts = await self._claim(
             keys=[record_key(booking_id)], args=[now, self.ttl]
         )
         return Claim(RecordState(_text(state)), result or None, int(attempts))
 
-    async def complete(self, booking_id: uuid.UUID, result: bytes, now: str) -> Completion:
-        """Store the result unless one is stored already; return the one in force."""
-        stored, granted, _ = await self._complete(
-            keys=[record_key(booking_id)], args=[result, now, self.ttl, "0"]
-        )
-        return Completion(bytes(stored), int(granted) != -1, None, None)
-
-    async def reserve_and_complete(
-        self,
-        booking_id: uuid.UUID,
-        *,
-        day: dt.date,
-        limit: int,
-        if_granted: bytes,
-        if_denied: bytes,
-        now: str,
-    ) -> Completion:
-        """Reserve the day's unit for this booking and store the matching result, atomically."""
-        keys = [record_key(booking_id), counter_key(day), members_key(day)]
+    @redis_call
+    async def complete(self, booking_id: uuid.UUID, plan: Plan, now: str) -> Completion:
+        """Store the plan's result (reserving its quota unit first, if it needs one),
+        unless a result is stored already; return the one in force."""
+        unit = plan.unit
+        if unit is None:
+            stored, granted, _ = await self._complete(
+                keys=[record_key(booking_id)],
+                args=[contracts.encode(plan.result), now, self.ttl, "0"],
+            )
+            return Completion(bytes(stored), int(granted) != -1, None, None)
+        assert plan.if_denied is not None
+        keys = [record_key(booking_id), counter_key(unit.day), members_key(unit.day)]
         keys.append(reservation_key(booking_id))
-        args = [if_granted, now, self.ttl, "1", if_denied, str(booking_id), limit]
-        args += [DAY_TTL_SECONDS, day.isoformat()]
+        args: list[bytes | str | int] = [contracts.encode(plan.result), now, self.ttl, "1"]
+        args += [contracts.encode(plan.if_denied), str(booking_id), unit.limit]
+        args += [DAY_TTL_SECONDS, unit.day.isoformat()]
         stored, granted, used = await self._complete(keys=keys, args=args)
         fresh = int(granted) != -1
         return Completion(

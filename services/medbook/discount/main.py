@@ -8,10 +8,10 @@ import logging
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from medbook import metrics
+from medbook import metrics, probes
 from medbook.config import DiscountSettings
 from medbook.discount.worker import DiscountWorker
 from medbook.runtime import http_server, on_stop_signals, run
@@ -23,28 +23,14 @@ log = logging.getLogger("medbook.discount")
 def probe_app(worker: DiscountWorker) -> Starlette:
     """``/healthz`` (the process runs), ``/readyz`` (Redis and broker reachable), ``/metrics``."""
 
-    async def healthz(_: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
     async def readyz(_: Request) -> Response:
-        checks = await worker.ready()
-        ok = all(checks.values())
-        body = {
-            "status": "ok" if ok else "unavailable",
-            "checks": {k: "ok" if v else "down" for k, v in checks.items()},
-        }
-        return JSONResponse(body, status_code=200 if ok else 503)
-
-    async def metrics_endpoint(_: Request) -> Response:
-        return Response(
-            metrics.exposition(metrics.DISCOUNT), media_type="text/plain; version=0.0.4"
-        )
+        return probes.readiness(await worker.ready())
 
     return Starlette(
         routes=[
-            Route("/healthz", healthz),
+            Route("/healthz", probes.healthz),
             Route("/readyz", readyz),
-            Route("/metrics", metrics_endpoint),
+            Route("/metrics", probes.metrics_endpoint(metrics.DISCOUNT)),
         ]
     )
 
@@ -83,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.parse_args(argv)
     settings = DiscountSettings()
     setup_logging(settings.telemetry, "medbook-discount")
-    setup_tracing("medbook-discount")
+    setup_tracing("medbook-discount", ("redis", "aio_pika"))
     return run(lambda: serve(settings))
 
 

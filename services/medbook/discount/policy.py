@@ -1,30 +1,22 @@
 """The quota policy: one model for the worker, the operator, the CRD and the CLI.
 
-The worker starts from defaults taken from the environment. Whoever owns the
-policy (the operator, from a ``QuotaPolicy`` object; or ``medbook quota``)
-publishes a validated policy as JSON under :data:`POLICY_KEY` in Redis; the
-worker re-reads it every second or so and falls back to its defaults when the
-key is withdrawn. Field names are camelCase, as in the custom resource's spec.
+Pure: a validated description of the daily limit, the discount, the time zone
+of the quota day, the eligibility rules, the blocked users and the timeout
+sweep. Where it is published and how the worker follows it is
+:mod:`medbook.discount.policy_store`. Field names are camelCase, as in the
+custom resource's spec.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
-import logging
 import zoneinfo
 from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from redis.asyncio import Redis
 
 from medbook.config import PolicyDefaults
 from medbook.contracts import Gender
-
-log = logging.getLogger(__name__)
-
-POLICY_KEY: Final = "medbook:policy"
 
 # Bounds shared with the CRD's openAPIV3Schema (a test checks they agree).
 MAX_DAILY_LIMIT: Final = 1_000_000
@@ -179,7 +171,9 @@ class QuotaPolicy(_Model):
             discount_percent=d.discount_percent,
             time_zone=d.time_zone,
             eligibility=Eligibility(
-                birthday=BirthdayRule(enabled=d.birthday_rule, genders=d.birthday_genders),
+                birthday=BirthdayRule.model_validate(
+                    {"enabled": d.birthday_rule, "genders": d.birthday_genders}
+                ),
                 high_value=HighValueRule(
                     enabled=d.high_value_rule, threshold=d.high_value_threshold
                 ),
@@ -196,118 +190,3 @@ def describe_error(exc: ValidationError) -> str:
         path = ".".join(str(p) for p in err["loc"]) or "spec"
         lines.append(f"{path}: {err['msg']}")
     return "; ".join(lines)
-
-
-class PolicyStore:
-    """Where the published policy lives (a JSON document in Redis)."""
-
-    def __init__(self, redis: Redis, key: str = POLICY_KEY) -> None:
-        self.redis = redis
-        self.key = key
-
-    async def load(self) -> QuotaPolicy | None:
-        raw = await self.redis.get(self.key)
-        return None if raw is None else QuotaPolicy.from_json(raw)
-
-    @property
-    def owner_key(self) -> str:
-        return f"{self.key}:owner"
-
-    async def publish(self, policy: QuotaPolicy, owner: str | None = None) -> None:
-        """Publish; ``owner`` names who manages the policy (e.g. ``QuotaPolicy ns/name``)."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self.key, policy.to_json())
-            if owner:
-                pipe.set(self.owner_key, owner)
-            else:
-                pipe.delete(self.owner_key)
-            await pipe.execute()
-
-    async def owner(self) -> str | None:
-        """Who manages the published policy (None: nobody in particular, edit the store)."""
-        raw = await self.redis.get(self.owner_key)
-        return raw.decode() if isinstance(raw, bytes) else raw
-
-    async def withdraw(self) -> bool:
-        removed = await self.redis.delete(self.key, self.owner_key)
-        return bool(removed)
-
-    async def used(self, day: dt.date) -> int:
-        """Units of the day's quota in use (what the operator reports in its status)."""
-        from medbook.discount.quota import counter_key
-
-        return int(await self.redis.get(counter_key(day)) or 0)
-
-
-class PolicySource:
-    """The worker's view of the policy: the published one, else the environment's defaults.
-
-    A background task re-reads the store every ``interval`` seconds, so a new
-    policy takes effect within that time without a restart. When the store
-    cannot be read (Redis down) or holds an invalid document, the last good
-    policy stays in force and the problem is logged once.
-    """
-
-    def __init__(self, store: PolicyStore, defaults: QuotaPolicy, interval: float = 1.0) -> None:
-        self.store = store
-        self.defaults = defaults
-        self.interval = interval
-        self.current = defaults
-        self.published = False
-        self._raw: bytes | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._problem: str | None = None
-
-    async def refresh(self) -> QuotaPolicy:
-        try:
-            raw = await self.store.redis.get(self.store.key)
-        except Exception as exc:  # keep serving the last good policy
-            self._report(f"cannot read the published policy: {exc!r}")
-            return self.current
-        if raw == self._raw:
-            return self.current
-        if raw is None:
-            self.current, self.published = self.defaults, False
-            log.info(
-                "no published policy: using the defaults (daily limit %d)",
-                self.defaults.daily_limit,
-            )
-        else:
-            try:
-                policy = QuotaPolicy.from_json(raw)
-            except ValidationError as exc:
-                self._report(
-                    f"published policy is invalid, keeping the last good one: {describe_error(exc)}"
-                )
-                return self.current
-            self.current, self.published = policy, True
-            log.info(
-                "policy updated: daily limit %d, discount %s%%, time zone %s",
-                policy.daily_limit,
-                policy.discount_percent,
-                policy.time_zone,
-            )
-        self._raw = raw
-        self._problem = None
-        return self.current
-
-    def _report(self, problem: str) -> None:
-        if problem != self._problem:
-            log.warning(problem)
-            self._problem = problem
-
-    async def start(self) -> None:
-        await self.refresh()
-        self._task = asyncio.create_task(self._loop(), name="policy-refresh")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            await self.refresh()

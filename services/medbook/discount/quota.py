@@ -19,6 +19,8 @@ from typing import Final
 
 from redis.asyncio import Redis
 
+from medbook.redis_connection import redis_call
+
 COUNTER_PREFIX: Final = "discount_quota:"
 RESERVATION_PREFIX: Final = "discount_reservation:"
 DAY_TTL_SECONDS: Final = 48 * 3600
@@ -57,35 +59,37 @@ local function reserve(counter, members, reservation, booking, limit, ttl, day)
 end
 """
 
-# KEYS: reservation. ARGV: booking id, day hint ('' if unknown), counter prefix.
-# Returns the day released from, or false when no unit was held.
+# KEYS: reservation, counter, members (of the day). ARGV: booking id, day.
+# Returns 1 when the booking's unit of that day went back, 0 when it held none.
 _RELEASE = """
-local day = redis.call('GET', KEYS[1])
-if not day then
-  if ARGV[2] == '' then return false end
-  day = ARGV[2]
-end
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
-local counter = ARGV[3] .. day
-if redis.call('SREM', counter .. ':bookings', ARGV[1]) == 1 then
-  local left = redis.call('DECR', counter)
-  if left < 0 then redis.call('SET', counter, 0, 'KEEPTTL') end
-  return day
+if redis.call('SREM', KEYS[3], ARGV[1]) == 1 then
+  local left = redis.call('DECR', KEYS[2])
+  if left < 0 then redis.call('SET', KEYS[2], 0, 'KEEPTTL') end
+  return 1
 end
-return false
+return 0
 """
 
-# KEYS: counter, members. Deletes the day's reservations; returns how many there were.
+# KEYS: counter, members. Drops the day's count and holders; returns the count it had.
 _RESET = """
-local ids = redis.call('SMEMBERS', KEYS[2])
-for _, id in ipairs(ids) do
-  local key = ARGV[1] .. id
-  if redis.call('GET', key) == ARGV[2] then redis.call('DEL', key) end
-end
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 redis.call('DEL', KEYS[1], KEYS[2])
 return used
 """
+
+# KEYS: reservations. ARGV: day. Deletes those that still point at that day.
+_FORGET = """
+local n = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then n = n + redis.call('DEL', key) end
+end
+return n
+"""
+
+_FORGET_CHUNK = 500
 
 
 class QuotaStore:
@@ -93,29 +97,40 @@ class QuotaStore:
         self.redis = redis
         self._release = redis.register_script(_RELEASE)
         self._reset = redis.register_script(_RESET)
+        self._forget = redis.register_script(_FORGET)
 
+    @redis_call
     async def release(self, booking_id: uuid.UUID, day: dt.date | None = None) -> dt.date | None:
-        """Give back the unit held for this booking; the day it came from, or None if none."""
-        released = await self._release(
-            keys=[reservation_key(booking_id)],
-            args=[str(booking_id), day.isoformat() if day else "", COUNTER_PREFIX],
-        )
-        if not released:
-            return None
-        return dt.date.fromisoformat(released.decode() if isinstance(released, bytes) else released)
+        """Give back the unit held for this booking; the day it came from, or None if none.
 
+        Without ``day``, the booking's reservation tells it.
+        """
+        if day is None:
+            held = await self.redis.get(reservation_key(booking_id))
+            if held is None:
+                return None
+            day = dt.date.fromisoformat(held.decode() if isinstance(held, bytes) else held)
+        released = await self._release(
+            keys=[reservation_key(booking_id), counter_key(day), members_key(day)],
+            args=[str(booking_id), day.isoformat()],
+        )
+        return day if int(released) else None
+
+    @redis_call
     async def used(self, day: dt.date) -> int:
         return int(await self.redis.get(counter_key(day)) or 0)
 
+    @redis_call
     async def holders(self, day: dt.date) -> set[str]:
         members = await self.redis.smembers(members_key(day))
         return {m.decode() if isinstance(m, bytes) else m for m in members}
 
+    @redis_call
     async def reset(self, day: dt.date) -> int:
         """Drop every reservation of the day; returns the count it had."""
-        return int(
-            await self._reset(
-                keys=[counter_key(day), members_key(day)],
-                args=[RESERVATION_PREFIX, day.isoformat()],
-            )
-        )
+        holders = sorted(await self.holders(day))
+        used = int(await self._reset(keys=[counter_key(day), members_key(day)]))
+        for start in range(0, len(holders), _FORGET_CHUNK):
+            chunk = holders[start : start + _FORGET_CHUNK]
+            await self._forget(keys=[reservation_key(h) for h in chunk], args=[day.isoformat()])
+        return used
