@@ -129,7 +129,7 @@ OUTBOX_PUBLISH_LATENCY = Histogram(
 )
 QUOTA_RELEASE_REQUESTS = Counter(
     "medbook_quota_release_requests",
-    "quota_released events emitted, by trigger (cancel, late_result, sweep).",
+    "quota_released events emitted, by trigger (cancelled, late_result, swept).",
     ["trigger"],
     registry=BOOKING,
 )
@@ -175,7 +175,7 @@ QUOTA_LIMIT = Gauge(
 )
 QUOTA_RELEASED = Counter(
     "medbook_quota_units_released",
-    "Quota units given back (compensations), by trigger.",
+    "Quota units given back (compensations), by trigger (cancelled, late_result, swept).",
     ["trigger"],
     registry=DISCOUNT,
 )

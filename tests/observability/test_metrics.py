@@ -98,7 +98,7 @@ async def test_metrics_follow_a_saga_run_exactly(infra: Infra) -> None:
             )
             == 5
         )
-        assert booking.delta("medbook_quota_release_requests_total", trigger="cancel") == 1
+        assert booking.delta("medbook_quota_release_requests_total", trigger="cancelled") == 1
         assert booking.delta("medbook_messages_published_total", event="booking_created") == 5
         assert booking.delta("medbook_messages_published_total", event="quota_released") == 1
         assert (

@@ -31,7 +31,7 @@ from medbook.booking.validation import (
     check_idempotency_key,
     parse_booking_request,
 )
-from medbook.contracts import BookingCreated, BookingStatus, Gender, ServiceItem
+from medbook.contracts import BookingCreated, BookingStatus, Gender, ReleaseReason, ServiceItem
 from medbook.messaging import is_unavailable
 from medbook.telemetry import current_trace_id, extract_context, inject_headers, recording
 
@@ -206,7 +206,7 @@ async def cancel_booking(request: Request) -> Response:
         raise ApiError(409, f"Booking {booking_id} cannot be cancelled: it is {previous}")
     if outcome is CancelOutcome.CANCELLED:
         service.relay.wake()
-        metrics.QUOTA_RELEASE_REQUESTS.labels("cancel").inc()
+        metrics.QUOTA_RELEASE_REQUESTS.labels(ReleaseReason.CANCELLED.value).inc()
         if previous is BookingStatus.PENDING:
             metrics.SAGA_OUTCOMES.labels(BookingStatus.CANCELLED.value, "cancelled").inc()
     row = await service.store.get(booking_id)

@@ -86,7 +86,9 @@ class ResultHandler:
                 "; its quota unit goes back" if outcome.released else "",
             )
             if outcome.released:
-                metrics.QUOTA_RELEASE_REQUESTS.labels("late_result").inc()
+                metrics.QUOTA_RELEASE_REQUESTS.labels(
+                    contracts.ReleaseReason.LATE_RESULT.value
+                ).inc()
                 self.wake_relay()
         else:
             raise DeadLetter(f"result for unknown booking {result.booking_id}", "unknown_booking")

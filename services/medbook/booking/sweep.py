@@ -20,6 +20,7 @@ from opentelemetry import trace
 from medbook import metrics
 from medbook.booking.store import BookingStore, SweptBooking, create_database
 from medbook.config import CleanupSettings
+from medbook.contracts import ReleaseReason
 from medbook.messaging import is_unavailable
 from medbook.runtime import on_stop_signals, run
 from medbook.telemetry import inject_headers, setup_logging, setup_tracing
@@ -33,7 +34,7 @@ async def sweep_once(store: BookingStore, pending_timeout: dt.timedelta) -> list
         swept = await store.sweep(pending_timeout, inject_headers())
         span.set_attribute("medbook.swept", len(swept))
     if swept:  # the booking service exports the sweep's totals from sweep_runs
-        metrics.QUOTA_RELEASE_REQUESTS.labels("sweep").inc(len(swept))
+        metrics.QUOTA_RELEASE_REQUESTS.labels(ReleaseReason.SWEPT.value).inc(len(swept))
     return swept
 
 
