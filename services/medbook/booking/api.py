@@ -44,6 +44,14 @@ tracer = trace.get_tracer("medbook.booking")
 MAX_BODY_BYTES = 64 * 1024
 CREATED_MESSAGE = "Booking request received. Processing..."
 
+
+def replay_message(status: BookingStatus) -> str:
+    """What a replayed create answers: still processing, or the booking's final status."""
+    if status is BookingStatus.PENDING:
+        return CREATED_MESSAGE
+    return f"Booking request already received: the booking is {status.value}"
+
+
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -176,7 +184,9 @@ async def create_booking(request: Request) -> Response:
         headers["Idempotent-Replayed"] = "true"
     return JSONResponse(
         {
-            "message": CREATED_MESSAGE,
+            "message": CREATED_MESSAGE
+            if outcome.created is Created.NEW
+            else replay_message(outcome.status),
             "bookingId": str(outcome.booking_id),
             "traceId": outcome.trace_id,
             "status": outcome.status.value if outcome.created is Created.REPLAYED else "PENDING",
