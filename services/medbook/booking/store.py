@@ -167,7 +167,10 @@ def result_history(result: DiscountProcessed, now: dt.datetime) -> list[str]:
         )
     else:
         entries.append(
-            history_entry(now, f"Failed: {result.reason}. Status: {result.status.value}")
+            # A reason may end a sentence of its own ("... try again tomorrow."): one full stop.
+            history_entry(
+                now, f"Failed: {(result.reason or '').rstrip('.')}. Status: {result.status.value}"
+            )
         )
     return entries
 
