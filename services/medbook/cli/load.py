@@ -68,10 +68,11 @@ def parse_mix(text: str) -> dict[str, float]:
 
 
 class LiveProgress:
-    """Two bars on standard error: requests answered, bookings finished."""
+    """Two bars on standard error: requests answered, bookings finished (counted live)."""
 
     def __init__(self, total: int, enabled: bool) -> None:
         console = common.err()
+        self.enabled = enabled and console.is_terminal
         self.progress = Progress(
             TextColumn("{task.description:<9}"),
             BarColumn(),
@@ -79,10 +80,11 @@ class LiveProgress:
             TextColumn("{task.fields[extra]}"),
             TimeElapsedColumn(),
             console=console,
-            disable=not (enabled and console.is_terminal),
+            disable=not self.enabled,
         )
+        self.total = total
         self.sent = self.progress.add_task("requests", total=total, extra="")
-        self.done = self.progress.add_task("finished", total=total, extra="", start=False)
+        self.done = self.progress.add_task("finished", total=total, extra="")
         self.created = self.failed = 0
 
     def __enter__(self) -> LiveProgress:
@@ -95,6 +97,8 @@ class LiveProgress:
     def _sent(self) -> None:
         extra = f"[red]{self.failed} failed[/red]" if self.failed else ""
         self.progress.update(self.sent, completed=self.created + self.failed, extra=extra)
+        # A failed request makes no booking: the finished bar's end moves back.
+        self.progress.update(self.done, total=self.total - self.failed)
 
     def on_created(self, n: int) -> None:
         self.created = n
@@ -105,13 +109,12 @@ class LiveProgress:
         self._sent()
 
     def on_settled(self, n: int) -> None:
-        task = self.progress.tasks[self.done]
-        if not task.started:
-            self.progress.start_task(self.done)
-            self.progress.update(self.done, total=self.created)
         self.progress.update(self.done, completed=n)
 
     def callbacks(self) -> dict[str, Callable[[int], None]]:
+        """The run's progress callbacks; none at all when no bar is drawn (nothing to count)."""
+        if not self.enabled:
+            return {}
         return {
             "on_created": self.on_created,
             "on_failed": self.on_failed,
