@@ -27,7 +27,8 @@ from medbook.cli.policyctl import daily_limit
 from medbook.cli.scenarios import Outcome
 from medbook.cli.scenarios import render as render_checks
 from medbook.contracts import QUOTA_EXHAUSTED_REASON
-from medbook.discount.quota import QuotaStore, members_key
+from medbook.discount.maintenance import QuotaMaintenance
+from medbook.discount.quota import QuotaStore
 
 app = typer.Typer(help="Load tests on the benchmark's engine.")
 
@@ -306,7 +307,7 @@ def load_quota(
                 report = await run_load(url, token, profile, database_url, progress)
                 seconds = time.monotonic() - started
                 used_after = await store.used(day)
-                reservations = int(await redis.scard(members_key(day)))
+                reservations = await QuotaMaintenance(redis).reservations(day)
         discounted = report.reasons.get("discount applied", 0)
         refused = report.reasons.get(QUOTA_EXHAUSTED_REASON, 0)
         outcome = Outcome("load quota", f"{profile.bookings} eligible bookings, {room} left")
