@@ -1,6 +1,6 @@
 """``medbook-operator``: run the quota operator in the namespace it lives in.
 
-One replica is the supported deployment (see README.md, "Steering quotas"): kopf
+One replica is the supported deployment (see docs/operator.md, "Running it"): kopf
 has no leader election, and a second active instance would reconcile and post
 Events twice.
 """

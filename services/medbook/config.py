@@ -3,7 +3,7 @@
 Every setting has a ``MEDBOOK_*`` name; the variable names of the reference
 system (``BOOKING_PORT``, ``RABBITMQ_URL``, ``REDIS_HOST``, ``DB_HOST``,
 ``R2_QUOTA_LIMIT``, ``BANNED_USER``, ...) are accepted as well, so an existing
-``.env`` keeps working. README.md lists them all with their defaults (a test
+``.env`` keeps working. docs/configuration.md lists them all with their defaults (a test
 keeps the two in step).
 """
 

@@ -14,11 +14,16 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+
+# A `<name>_created` series beside every counter and histogram doubles the series count and
+# no dashboard or alert reads it (Prometheus tracks resets itself).
+disable_created_metrics()
 
 BOOKING = CollectorRegistry(auto_describe=True)
 DISCOUNT = CollectorRegistry(auto_describe=True)
@@ -129,7 +134,7 @@ OUTBOX_PUBLISH_LATENCY = Histogram(
 )
 QUOTA_RELEASE_REQUESTS = Counter(
     "medbook_quota_release_requests",
-    "quota_released events emitted, by trigger (cancel, late_result, sweep).",
+    "quota_released events emitted, by trigger (cancelled, late_result, swept).",
     ["trigger"],
     registry=BOOKING,
 )
@@ -175,7 +180,7 @@ QUOTA_LIMIT = Gauge(
 )
 QUOTA_RELEASED = Counter(
     "medbook_quota_units_released",
-    "Quota units given back (compensations), by trigger.",
+    "Quota units given back (compensations), by trigger (cancelled, late_result, swept).",
     ["trigger"],
     registry=DISCOUNT,
 )

@@ -31,7 +31,9 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from medbook.config import TelemetrySettings
 
-_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# Record attributes that are not a line's own fields; uvicorn's `color_message` repeats the
+# message with ANSI colour escapes for its own console formatter.
+_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):

@@ -115,3 +115,25 @@ def test_medbook_dev_defaults_are_the_dev_stacks_ports() -> None:
         dev.METRICS_PORT,
     )
     assert written_out == dataclasses.astuple(StackPorts())
+
+
+def test_the_command_has_no_sql_and_no_redis_keys_of_its_own() -> None:
+    """It goes through the owners (booking.maintenance, discount's stores): their schema and key
+    layout can change without the command breaking."""
+    import re
+    from pathlib import Path
+
+    import medbook.cli
+
+    sql = re.compile(r"\b(SELECT .+ FROM|DELETE FROM|INSERT INTO|UPDATE \w+ SET|TRUNCATE)\b", re.I)
+    keys = re.compile(
+        r"discount_quota|discount_reservation|discount_processed:|medbook:policy|"
+        r"\b(counter_key|members_key|reservation_key|record_key|COUNTER_PREFIX|RESERVATION_PREFIX"
+        r"|RECORD_PREFIX|POLICY_KEY)\b|\.(scan_iter|scard|smembers|hget|mget)\("
+    )
+    found = []
+    for path in sorted(Path(medbook.cli.__file__).parent.glob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if sql.search(line) or keys.search(line):
+                found.append(f"{path.name}:{number}: {line.strip()}")
+    assert found == []

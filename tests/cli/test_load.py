@@ -94,3 +94,32 @@ async def test_load_quota_says_what_it_verified(medbook: Medbook, stack: Stack) 
     out = result.stdout
     assert "PASS load quota: 5 eligible bookings, 2 left" in out
     assert "ok   no more than the limit discounted: expected at most 2" in out
+
+
+async def test_finished_bookings_are_counted_while_the_rest_are_still_being_sent(
+    stack: Stack,
+) -> None:
+    from medbook.cli.loadgen import LoadRun
+
+    seen: list[tuple[int, int]] = []  # (created so far, finished so far) at each count
+    created = 0
+
+    def on_created(n: int) -> None:
+        nonlocal created
+        created = n
+
+    profile = LoadProfile(bookings=40, concurrency=2, requests_per_user=20, ramp_up=1.0)
+    for database_url in (stack.infra.database_url, None):  # counted from PostgreSQL, the API
+        seen.clear()
+        run = LoadRun(
+            str(stack.api.base_url),
+            profile,
+            database_url=database_url,
+            on_created=on_created,
+            on_settled=lambda n: seen.append((created, n)),
+        )
+        report = await run.run()
+        assert report.created == 40 and report.stuck == []
+        during = [finished for sent, finished in seen if sent < 40]
+        assert during and max(during) > 0, seen  # the bar moved before the last request
+        assert seen[-1] == (40, 40)

@@ -239,6 +239,13 @@ async def test_idempotency_key_replays_the_same_booking(stack: Stack) -> None:
     assert first.json()["bookingId"] == again.json()["bookingId"]
     assert again.headers["Idempotent-Replayed"] == "true"
     assert await count_rows(stack, "bookings") == 1
+    booking_id = first.json()["bookingId"]
+    assert (await stack.api.post(f"/booking/{booking_id}/cancel")).status_code == 200
+    after_cancel = await stack.book(booking_body(), headers=headers)
+    assert after_cancel.json()["status"] == "CANCELLED"
+    assert after_cancel.json()["message"] == (
+        "Booking request already received: the booking is CANCELLED"
+    )
     other = await stack.book(booking_body(serviceNames=["X-Ray"]), headers=headers)
     assert other.status_code == 422
     assert "different request body" in other.json()["message"]

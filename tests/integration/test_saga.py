@@ -82,6 +82,9 @@ async def test_quota_exhausted_is_rejected_and_counter_stays_at_the_limit(infra:
         assert (
             rejected[0]["failReason"] == "Daily discount quota reached. Please try again tomorrow."
         )
+        assert rejected[0]["history"][-1].endswith(
+            "] Failed: Daily discount quota reached. Please try again tomorrow. Status: REJECTED"
+        )
         assert await quota_used(stack) == 2
 
 

@@ -98,7 +98,7 @@ async def test_metrics_follow_a_saga_run_exactly(infra: Infra) -> None:
             )
             == 5
         )
-        assert booking.delta("medbook_quota_release_requests_total", trigger="cancel") == 1
+        assert booking.delta("medbook_quota_release_requests_total", trigger="cancelled") == 1
         assert booking.delta("medbook_messages_published_total", event="booking_created") == 5
         assert booking.delta("medbook_messages_published_total", event="quota_released") == 1
         assert (
@@ -159,3 +159,12 @@ async def test_metrics_endpoints_use_prometheus_names_and_no_unbounded_labels(in
             if line.startswith("# TYPE medbook_") and line.endswith(" counter"):
                 name = line.split()[2]
                 assert name.endswith("_total") or f"{name}_total" in text, name
+
+
+def test_no_created_series_beside_counters_and_histograms() -> None:
+    from medbook_operator import metrics as operator_metrics
+
+    for registry in (metrics.BOOKING, metrics.DISCOUNT, operator_metrics.REGISTRY):
+        names = {s.name for family in registry.collect() for s in family.samples}
+        assert "medbook_bookings_created_total" in names or registry is not metrics.BOOKING
+        assert sorted(n for n in names if n.endswith("_created")) == []

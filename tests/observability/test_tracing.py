@@ -146,6 +146,7 @@ async def test_logs_are_json_with_the_trace_id_and_without_personal_data(
         text = (tmp_path / f"{name}.log").read_text()
         assert "Secret-Surname" not in text and "1977-03-14" not in text
         lines += [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    assert not [line for line in lines if "color_message" in line or "\x1b[" in json.dumps(line)]
     about = [line for line in lines if created["bookingId"] in line["message"]]
     assert {line["service"] for line in about} == {"medbook-booking", "medbook-discount"}
     assert all(line.get("trace_id") == created["traceId"] for line in about), about

@@ -26,7 +26,7 @@ from medbook.booking.validation import (
     parse_booking_request,
 )
 from medbook.booking.views import booking_json
-from medbook.contracts import Gender
+from medbook.contracts import BookingStatus, Gender
 from medbook.failures import DependencyBusy, DependencyError
 from medbook.telemetry import extract_context, recording
 
@@ -38,6 +38,14 @@ tracer = trace.get_tracer("medbook.booking")
 
 MAX_BODY_BYTES = 64 * 1024
 CREATED_MESSAGE = "Booking request received. Processing..."
+
+
+def replay_message(status: BookingStatus) -> str:
+    """What a replayed create answers: still processing, or the booking's final status."""
+    if status is BookingStatus.PENDING:
+        return CREATED_MESSAGE
+    return f"Booking request already received: the booking is {status.value}"
+
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -133,7 +141,9 @@ async def create_booking(request: Request) -> Response:
         headers["Idempotent-Replayed"] = "true"
     return JSONResponse(
         {
-            "message": CREATED_MESSAGE,
+            "message": CREATED_MESSAGE
+            if outcome.created is Created.NEW
+            else replay_message(outcome.status),
             "bookingId": str(outcome.booking_id),
             "traceId": outcome.trace_id,
             "status": outcome.status.value if outcome.created is Created.REPLAYED else "PENDING",

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="medbook-booking",
         description="Booking service: the HTTP API (default port 3000), the outbox relay that "
         "publishes booking events to RabbitMQ, and the consumer that applies discount results. "
-        "Configured by environment variables (see README.md, 'Configuration').",
+        "Configured by environment variables (see docs/configuration.md).",
     )
     parser.add_argument(
         "--migrate", action="store_true", help="apply database migrations before serving"

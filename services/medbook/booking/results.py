@@ -130,7 +130,9 @@ class ResultHandler:
                 "; its quota unit goes back" if decision.releases else "",
             )
             if decision.releases:
-                metrics.QUOTA_RELEASE_REQUESTS.labels("late_result").inc()
+                metrics.QUOTA_RELEASE_REQUESTS.labels(
+                    contracts.ReleaseReason.LATE_RESULT.value
+                ).inc()
                 self.wake_relay()
         else:
             raise DeadLetter(f"result for unknown booking {result.booking_id}", "unknown_booking")

@@ -23,6 +23,7 @@ from medbook.booking.database import create_database
 from medbook.booking.store import BookingStore, SweptBooking
 from medbook.clock import utcnow
 from medbook.config import CleanupSettings
+from medbook.contracts import ReleaseReason
 from medbook.failures import DependencyUnavailable
 from medbook.runtime import on_stop_signals, run
 from medbook.telemetry import inject_headers, setup_logging, setup_tracing
@@ -36,7 +37,7 @@ async def sweep_once(store: BookingStore, pending_timeout: dt.timedelta) -> list
         swept = await store.sweep(domain.time_out(pending_timeout, utcnow()), inject_headers())
         span.set_attribute("medbook.swept", len(swept))
     if swept:  # the booking service exports the sweep's totals from sweep_runs
-        metrics.QUOTA_RELEASE_REQUESTS.labels("sweep").inc(len(swept))
+        metrics.QUOTA_RELEASE_REQUESTS.labels(ReleaseReason.SWEPT.value).inc(len(swept))
     return swept
 
 

@@ -22,7 +22,7 @@ from medbook.booking.admission import AdmissionControl
 from medbook.booking.domain import BookingRequest, CancelDecision, CancelVerdict
 from medbook.booking.store import BookingStore, Created, CreateOutcome, CreateRequest
 from medbook.clock import utcnow
-from medbook.contracts import BookingStatus
+from medbook.contracts import BookingStatus, ReleaseReason
 from medbook.telemetry import current_trace_id, inject_headers
 
 tracer = trace.get_tracer("medbook.booking")
@@ -98,7 +98,7 @@ class Bookings:
             assert decision.transition is not None
             if decision.transition.events:
                 self.wake_relay()
-                metrics.QUOTA_RELEASE_REQUESTS.labels("cancel").inc()
+                metrics.QUOTA_RELEASE_REQUESTS.labels(ReleaseReason.CANCELLED.value).inc()
             if decision.previous is BookingStatus.PENDING:
                 metrics.SAGA_OUTCOMES.labels(BookingStatus.CANCELLED.value, "cancelled").inc()
         return Cancelled(decision, await self.store.get(booking_id))

@@ -1,9 +1,10 @@
 """``medbook bookings``: the bookings table, live; counts and rates; purging old rows.
 
-Reads PostgreSQL directly (the API has no list endpoint, on purpose). Purging
-never breaks the saga: by default it deletes only bookings in a final status
-whose events have all left the outbox; ``--include-pending`` also deletes
-PENDING ones, with their unsent events, in the same transaction.
+Reads PostgreSQL (the API has no list endpoint, on purpose) through the booking
+package's :mod:`medbook.booking.maintenance`, which also holds the purge and its
+rules: by default only bookings in a final status whose events have all left
+the outbox; ``--include-pending`` also deletes PENDING ones, with their unsent
+events, in the same transaction.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from medbook.booking.maintenance import BookingMaintenance
 from medbook.cli import common
 from medbook.contracts import BookingStatus
 
@@ -33,17 +35,6 @@ STATUS_STYLE = {
     "REJECTED": "red",
     "CANCELLED": "magenta",
 }
-
-# The outcome of a booking in a few words (status + why), as SQL and for the report.
-REASON_SQL = """
-CASE
-    WHEN status = 'CONFIRMED' AND final_price < base_price THEN 'discount applied'
-    WHEN status = 'CONFIRMED' THEN 'base price'
-    WHEN status = 'PENDING' THEN 'waiting for the discount step'
-    WHEN status = 'CANCELLED' THEN 'cancelled'
-    ELSE coalesce(fail_reason, '-')
-END
-"""
 
 Duration = Annotated[str, typer.Option(metavar="DURATION", help="e.g. 90s, 60m, 2h, 7d.")]
 
@@ -60,28 +51,20 @@ def history_text(line: str | None) -> str:
 
 # -- watch ---------------------------------------------------------------------------------
 
-RECENT_SQL = """
-SELECT id::text, user_name, status, base_price, final_price, fail_reason, created_at, updated_at,
-       history ->> -1 AS last_entry
-FROM bookings ORDER BY created_at DESC LIMIT $1
-"""
-
 
 class BookingsView:
     """The recent bookings, and the status changes seen between refreshes."""
 
     def __init__(self, connection: Any, limit: int) -> None:
-        self.connection = connection
+        self.bookings = BookingMaintenance(connection)
         self.limit = limit
         self.seen: dict[str, str] = {}
         self.changes: list[tuple[str, str, str, str]] = []  # time, id, from, to
         self.first = True
 
     async def frame(self) -> Group:
-        rows = await self.connection.fetch(RECENT_SQL, self.limit)
-        pending = await self.connection.fetchval(
-            "SELECT count(*) FROM bookings WHERE status = 'PENDING'"
-        )
+        rows = await self.bookings.recent(self.limit)
+        pending = (await self.bookings.backlog()).pending
         now = dt.datetime.now(dt.UTC)
         stamp = dt.datetime.now().strftime("%H:%M:%S")
         table = Table(
@@ -94,21 +77,21 @@ class BookingsView:
             table.add_column(column, justify=justify, no_wrap=True)
         table.add_column("last step")
         for row in rows:
-            booking_id, status = row["id"], row["status"]
+            booking_id, status = row.booking_id, row.status
             before = self.seen.get(booking_id)
             if not self.first and before != status:
                 self.changes.append((stamp, booking_id, before or "new", status))
             self.seen[booking_id] = status
-            price = str(row["base_price"])
-            if row["final_price"] is not None and row["final_price"] != row["base_price"]:
-                price = f"{row['base_price']} -> {row['final_price']}"
+            price = str(row.base_price)
+            if row.final_price is not None and row.final_price != row.base_price:
+                price = f"{row.base_price} -> {row.final_price}"
             table.add_row(
                 booking_id[:8],
-                escape(row["user_name"][:24]),  # names are cut, never wrapped
+                escape(row.user_name[:24]),  # names are cut, never wrapped
                 status_text(status),
                 price,
-                common.human_duration(now - row["created_at"]),
-                Text(history_text(row["last_entry"]), no_wrap=True, overflow="ellipsis"),
+                common.human_duration(now - row.created_at),
+                Text(history_text(row.last_entry), no_wrap=True, overflow="ellipsis"),
             )
         self.first = False
         del self.changes[:-10]
@@ -144,17 +127,6 @@ def watch(
 
 # -- stats ---------------------------------------------------------------------------------
 
-STATS_SQL = f"""
-SELECT status, {REASON_SQL} AS reason,
-       count(*) AS total,
-       count(*) FILTER (WHERE created_at >= $1) AS recent,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - created_at))
-           FILTER (WHERE completed_at IS NOT NULL AND created_at >= $1) AS p50,
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - created_at))
-           FILTER (WHERE completed_at IS NOT NULL AND created_at >= $1) AS p95
-FROM bookings GROUP BY 1, 2 ORDER BY 1, 3 DESC
-"""  # noqa: S608 (built from constants)
-
 
 @app.command("stats")
 def stats(
@@ -169,21 +141,19 @@ def stats(
 
     async def main() -> dict[str, Any]:
         async with common.database(common.database_dsn(database_url)) as connection:
-            start = dt.datetime.now(dt.UTC) - window
-            rows = await connection.fetch(STATS_SQL, start)
-            oldest = await connection.fetchval(
-                "SELECT min(created_at) FROM bookings WHERE status = 'PENDING'"
-            )
+            bookings = BookingMaintenance(connection)
+            rows = await bookings.outcomes(dt.datetime.now(dt.UTC) - window)
+            oldest = (await bookings.backlog()).oldest_pending_at
         minutes = window.total_seconds() / 60
         groups = [
             {
-                "status": r["status"],
-                "reason": r["reason"],
-                "total": r["total"],
-                "recent": r["recent"],
-                "per_minute": round(r["recent"] / minutes, 2) if minutes else None,
-                "seconds_p50": r["p50"],
-                "seconds_p95": r["p95"],
+                "status": r.status,
+                "reason": r.reason,
+                "total": r.total,
+                "recent": r.recent,
+                "per_minute": round(r.recent / minutes, 2) if minutes else None,
+                "seconds_p50": r.seconds_p50,
+                "seconds_p95": r.seconds_p95,
             }
             for r in rows
         ]
@@ -238,46 +208,6 @@ def stats(
 
 # -- purge ---------------------------------------------------------------------------------
 
-# Candidates: last changed before the cutoff; final ones only when no event of theirs is
-# still in the outbox (it has not reached the broker: deleting it would lose it).
-_CANDIDATES = """
-FROM bookings b
-WHERE b.created_at < $1 AND b.updated_at < $1
-  AND ((b.status <> 'PENDING'
-        AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.booking_id = b.id))
-       OR ($2 AND b.status = 'PENDING'))
-"""
-
-PREVIEW_SQL = f"SELECT b.status, count(*) AS n {_CANDIDATES} GROUP BY b.status"
-
-KEPT_SQL = """
-SELECT count(*) FILTER (WHERE status = 'PENDING') AS pending,
-       count(*) FILTER (WHERE status <> 'PENDING') AS in_flight
-FROM bookings b
-WHERE b.created_at < $1 AND b.updated_at < $1
-  AND (b.status = 'PENDING' OR EXISTS (SELECT 1 FROM outbox o WHERE o.booking_id = b.id))
-"""
-
-BATCH_SQL = f"""
-SELECT b.id {_CANDIDATES}
-ORDER BY b.created_at LIMIT $3 FOR UPDATE OF b SKIP LOCKED
-"""
-
-
-async def purge_batch(connection: Any, cutoff: dt.datetime, include_pending: bool, size: int):
-    """Delete one batch (bookings and their outbox rows, one transaction): statuses, events."""
-    async with connection.transaction():
-        ids = [r["id"] for r in await connection.fetch(BATCH_SQL, cutoff, include_pending, size)]
-        if not ids:
-            return Counter(), 0
-        events = await connection.execute(
-            "DELETE FROM outbox WHERE booking_id = ANY($1::uuid[])", ids
-        )
-        rows = await connection.fetch(
-            "DELETE FROM bookings WHERE id = ANY($1::uuid[]) RETURNING status", ids
-        )
-    return Counter(r["status"] for r in rows), int(events.split()[-1])
-
 
 def describe(counts: Counter[str] | dict[str, int]) -> str:
     parts = [f"{s} {counts[s]}" for s in BookingStatus if counts.get(s)]
@@ -320,20 +250,18 @@ def purge(
     async def main() -> dict[str, Any]:
         say = common.err()
         async with common.database(common.database_dsn(database_url)) as connection:
+            bookings = BookingMaintenance(connection)
             cutoff = dt.datetime.now(dt.UTC) - age
-            preview = {
-                r["status"]: r["n"]
-                for r in await connection.fetch(PREVIEW_SQL, cutoff, include_pending)
-            }
-            kept = await connection.fetchrow(KEPT_SQL, cutoff)
+            found = await bookings.purge_preview(cutoff, include_pending)
+            preview = found.matched
             total = sum(preview.values())
             report: dict[str, Any] = {
                 "cutoff": cutoff.isoformat(),
                 "matched": preview,
                 "deleted": {},
                 "events_deleted": 0,
-                "kept_in_flight": kept["in_flight"],
-                "kept_pending": 0 if include_pending else kept["pending"],
+                "kept_in_flight": found.kept_in_flight,
+                "kept_pending": found.kept_pending,
                 "dry_run": dry_run,
             }
             notes = []
@@ -358,7 +286,7 @@ def purge(
             common.confirm(f"Delete these {total} booking(s)?", yes)
             deleted: Counter[str] = Counter()
             while True:
-                statuses, events = await purge_batch(connection, cutoff, include_pending, batch)
+                statuses, events = await bookings.purge_batch(cutoff, include_pending, batch)
                 if not statuses:
                     break
                 deleted += statuses

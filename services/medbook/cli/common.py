@@ -27,7 +27,7 @@ from medbook.config import PolicyDefaults, PostgresSettings, RabbitSettings, Red
 
 T = TypeVar("T")
 
-# Exit codes scripts can rely on (documented in README.md, "Command line").
+# Exit codes scripts can rely on (documented in docs/cli.md, "Exit status").
 EXIT_OK: Final = 0  # done; every check passed
 EXIT_FAILED: Final = 1  # a check failed, a booking is stuck, or a confirmation was declined
 EXIT_USAGE: Final = 2  # bad arguments, or a server cannot be reached

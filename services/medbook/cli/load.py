@@ -27,7 +27,8 @@ from medbook.cli.policyctl import daily_limit
 from medbook.cli.scenarios import Outcome
 from medbook.cli.scenarios import render as render_checks
 from medbook.contracts import QUOTA_EXHAUSTED_REASON
-from medbook.discount.quota import QuotaStore, members_key
+from medbook.discount.maintenance import QuotaMaintenance
+from medbook.discount.quota import QuotaStore
 
 app = typer.Typer(help="Load tests on the benchmark's engine.")
 
@@ -68,10 +69,11 @@ def parse_mix(text: str) -> dict[str, float]:
 
 
 class LiveProgress:
-    """Two bars on standard error: requests answered, bookings finished."""
+    """Two bars on standard error: requests answered, bookings finished (counted live)."""
 
     def __init__(self, total: int, enabled: bool) -> None:
         console = common.err()
+        self.enabled = enabled and console.is_terminal
         self.progress = Progress(
             TextColumn("{task.description:<9}"),
             BarColumn(),
@@ -79,10 +81,11 @@ class LiveProgress:
             TextColumn("{task.fields[extra]}"),
             TimeElapsedColumn(),
             console=console,
-            disable=not (enabled and console.is_terminal),
+            disable=not self.enabled,
         )
+        self.total = total
         self.sent = self.progress.add_task("requests", total=total, extra="")
-        self.done = self.progress.add_task("finished", total=total, extra="", start=False)
+        self.done = self.progress.add_task("finished", total=total, extra="")
         self.created = self.failed = 0
 
     def __enter__(self) -> LiveProgress:
@@ -95,6 +98,8 @@ class LiveProgress:
     def _sent(self) -> None:
         extra = f"[red]{self.failed} failed[/red]" if self.failed else ""
         self.progress.update(self.sent, completed=self.created + self.failed, extra=extra)
+        # A failed request makes no booking: the finished bar's end moves back.
+        self.progress.update(self.done, total=self.total - self.failed)
 
     def on_created(self, n: int) -> None:
         self.created = n
@@ -105,13 +110,12 @@ class LiveProgress:
         self._sent()
 
     def on_settled(self, n: int) -> None:
-        task = self.progress.tasks[self.done]
-        if not task.started:
-            self.progress.start_task(self.done)
-            self.progress.update(self.done, total=self.created)
         self.progress.update(self.done, completed=n)
 
     def callbacks(self) -> dict[str, Callable[[int], None]]:
+        """The run's progress callbacks; none at all when no bar is drawn (nothing to count)."""
+        if not self.enabled:
+            return {}
         return {
             "on_created": self.on_created,
             "on_failed": self.on_failed,
@@ -303,7 +307,7 @@ def load_quota(
                 report = await run_load(url, token, profile, database_url, progress)
                 seconds = time.monotonic() - started
                 used_after = await store.used(day)
-                reservations = int(await redis.scard(members_key(day)))
+                reservations = await QuotaMaintenance(redis).reservations(day)
         discounted = report.reasons.get("discount applied", 0)
         refused = report.reasons.get(QUOTA_EXHAUSTED_REASON, 0)
         outcome = Outcome("load quota", f"{profile.bookings} eligible bookings, {room} left")

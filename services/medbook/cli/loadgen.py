@@ -6,7 +6,8 @@ measures what happened, server-side where it matters. The users either share
 one queue of N requests (``medbook bench``: the fastest go on) or each send
 their own ``requests_per_user`` in turn (``medbook load``: N = users x
 requests per user). Progress callbacks report each create, each failed
-request and the bookings finished so far.
+request and the bookings finished so far (counted while the bookings are
+still being sent when a progress callback asks for it).
 
 What it measures:
 
@@ -251,6 +252,9 @@ class LoadRun:
         on_failed: Callable[[int], None] | None = None,
         on_settled: Callable[[int], None] | None = None,
     ) -> None:
+        """``on_settled`` also makes the run count finished bookings while it still sends
+        (for a live progress bar): from PostgreSQL when ``database_url`` is given, else by
+        asking the API about at most ``concurrency`` of the oldest unfinished ones per round."""
         self.api_url = api_url.rstrip("/")
         self.profile = profile
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -260,6 +264,8 @@ class LoadRun:
         self.on_created = on_created or (lambda n: None)
         self.on_failed = on_failed or (lambda n: None)
         self.on_settled = on_settled or (lambda n: None)
+        self.live_settle = on_settled is not None
+        self._connection: Any = None  # asyncpg, when final states come from PostgreSQL
 
     async def run(self) -> LoadReport:
         bodies = booking_bodies(self.profile)
@@ -268,13 +274,21 @@ class LoadRun:
         connector = aiohttp.TCPConnector(limit=self.profile.concurrency + 8, force_close=False)
         async with aiohttp.ClientSession(connector=connector, headers=self.headers) as session:
             self.sampler.start(session)
+            outcomes: list[BookingOutcome] = []
             try:
-                outcomes, latencies, errors, create_seconds = await self._create_all(
-                    session, bodies
-                )
-                await self._settle(session, outcomes)
+                creating = asyncio.create_task(self._create_all(session, bodies, outcomes))
+                try:
+                    if self.live_settle:
+                        await self._settle(session, outcomes, creating)
+                    latencies, errors, create_seconds = await creating
+                finally:
+                    creating.cancel()
+                await self._settle(session, outcomes, None)
             finally:
                 await self.sampler.stop()
+                if self._connection is not None:
+                    with contextlib.suppress(Exception):
+                        await self._connection.close()
         usage_after = resource.getrusage(resource.RUSAGE_SELF)
         cpu = (usage_after.ru_utime - usage_before.ru_utime) + (
             usage_after.ru_stime - usage_before.ru_stime
@@ -283,9 +297,11 @@ class LoadRun:
         return self._report(outcomes, latencies, errors, create_seconds, 100.0 * cpu / wall)
 
     async def _create_all(
-        self, session: aiohttp.ClientSession, bodies: list[tuple[str, dict[str, Any]]]
-    ) -> tuple[list[BookingOutcome], list[float], Counter[str], float]:
-        outcomes: list[BookingOutcome] = []
+        self,
+        session: aiohttp.ClientSession,
+        bodies: list[tuple[str, dict[str, Any]]],
+        outcomes: list[BookingOutcome],
+    ) -> tuple[list[float], Counter[str], float]:
         latencies: list[float] = []
         errors: Counter[str] = Counter()
         users = self.profile.concurrency
@@ -328,16 +344,29 @@ class LoadRun:
 
         started = time.monotonic()
         await asyncio.gather(*(user(i) for i in range(users)))
-        return outcomes, latencies, errors, time.monotonic() - started
+        return latencies, errors, time.monotonic() - started
 
-    async def _settle(self, session: aiohttp.ClientSession, outcomes: list[BookingOutcome]) -> None:
-        """Wait until every booking left PENDING (or the timeout), recording its final state."""
-        by_id = {o.booking_id: o for o in outcomes}
-        pending = set(by_id)
+    async def _settle(
+        self,
+        session: aiohttp.ClientSession,
+        outcomes: list[BookingOutcome],
+        creating: asyncio.Task[Any] | None,
+    ) -> None:
+        """Record final states until every booking left PENDING (or the timeout).
+
+        While ``creating`` runs, it only follows the bookings made so far and returns when
+        the creation is over; the API is then asked about the oldest few per round only.
+        """
+        by_id: dict[str, BookingOutcome] = {}
         deadline = time.monotonic() + self.profile.settle_timeout
         fetch = self._fetch_from_database if self.database_url else self._fetch_from_api
         while True:
-            rows = await fetch(session, sorted(pending))
+            sending = creating is not None and not creating.done()
+            by_id.update((o.booking_id, o) for o in outcomes[len(by_id) :])
+            pending = [i for i, o in by_id.items() if o.status not in TERMINAL]
+            if sending and not self.database_url:
+                pending = pending[: self.profile.concurrency]
+            rows = await fetch(session, pending) if pending else {}
             for booking_id, row in rows.items():
                 outcome = by_id[booking_id]
                 outcome.status = row["status"]
@@ -346,10 +375,11 @@ class LoadRun:
                 outcome.base_price = row.get("basePrice")
                 outcome.created_at = _parse_time(row.get("createdAt"))
                 outcome.completed_at = _parse_time(row.get("completedAt"))
-                if outcome.status in TERMINAL:
-                    pending.discard(booking_id)
-            self.on_settled(len(by_id) - len(pending))
-            if not pending or time.monotonic() > deadline:
+            finished = sum(o.status in TERMINAL for o in by_id.values())
+            self.on_settled(finished)
+            if creating is not None and not sending:
+                return
+            if creating is None and (finished == len(by_id) or time.monotonic() > deadline):
                 return
             await asyncio.sleep(0.25)
 
@@ -374,28 +404,24 @@ class LoadRun:
     ) -> dict[str, dict[str, Any]]:
         import asyncpg
 
+        from medbook.booking.maintenance import BookingMaintenance
+
         assert self.database_url is not None
-        connection = await asyncpg.connect(
-            self.database_url.replace("postgresql+psycopg://", "postgresql://")
-        )
-        try:
-            rows = await connection.fetch(
-                "SELECT id::text, status, fail_reason, base_price, final_price, created_at, "
-                "completed_at FROM bookings WHERE id = ANY($1::uuid[])",
-                ids,
+        if self._connection is None:
+            self._connection = await asyncpg.connect(
+                self.database_url.replace("postgresql+psycopg://", "postgresql://")
             )
-        finally:
-            await connection.close()
+        states = await BookingMaintenance(self._connection).states(ids)
         return {
-            r["id"]: {
-                "status": r["status"],
-                "failReason": r["fail_reason"],
-                "finalPrice": r["final_price"],
-                "basePrice": r["base_price"],
-                "createdAt": r["created_at"].isoformat(),
-                "completedAt": r["completed_at"].isoformat() if r["completed_at"] else None,
+            booking_id: {
+                "status": state.status,
+                "failReason": state.fail_reason,
+                "finalPrice": state.final_price,
+                "basePrice": state.base_price,
+                "createdAt": state.created_at.isoformat(),
+                "completedAt": state.completed_at.isoformat() if state.completed_at else None,
             }
-            for r in rows
+            for booking_id, state in states.items()
         }
 
     def _report(

@@ -1,8 +1,9 @@
 """``medbook quota``: the daily discount quota in Redis: read, reset, list and clean, watch.
 
 "Today" is the quota day in the policy's time zone (the published policy, else
-the defaults from the environment), as the discount worker counts it. Keys are
-found with ``SCAN``, never ``KEYS`` (which blocks Redis on a large keyspace).
+the defaults from the environment), as the discount worker counts it. Every
+read and write goes through the discount package (:class:`QuotaStore`,
+:class:`QuotaMaintenance`), which knows the keys and finds them with ``SCAN``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any
 
@@ -21,13 +21,8 @@ from rich.table import Table
 from rich.text import Text
 
 from medbook.cli import common
-from medbook.discount.quota import (
-    COUNTER_PREFIX,
-    RESERVATION_PREFIX,
-    QuotaStore,
-    counter_key,
-    members_key,
-)
+from medbook.discount.maintenance import QuotaDay, QuotaMaintenance
+from medbook.discount.quota import QuotaStore
 
 app = typer.Typer(
     help="Today's discount quota: usage and limit, reset, past days' keys, a live view.",
@@ -49,10 +44,6 @@ def parse_day(text: str | None) -> dt.date | None:
         raise typer.BadParameter("write the day as YYYY-MM-DD", param_hint="--day") from None
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 @dataclass
 class Usage:
     day: str
@@ -72,7 +63,7 @@ async def usage(redis: Any, day: dt.date | None, with_ids: bool) -> Usage:
     day = day or today
     store = QuotaStore(redis)
     used = await store.used(day)
-    reservations = int(await redis.scard(members_key(day)))
+    reservations = await QuotaMaintenance(redis).reservations(day)
     return Usage(
         day=day.isoformat(),
         time_zone=view.policy.time_zone,
@@ -170,51 +161,23 @@ class DayKeys:
     when: str  # past, today, future
     keys: list[str] = field(default_factory=list)
 
+    @classmethod
+    def of(cls, found: QuotaDay, today: dt.date) -> DayKeys:
+        when = "today" if found.day == today else ("past" if found.day < today else "future")
+        return cls(
+            found.day.isoformat(),
+            found.used,
+            found.reservations,
+            found.reservation_keys,
+            found.expires_in,
+            when,
+            found.keys,
+        )
+
 
 async def scan_days(redis: Any, today: dt.date) -> list[DayKeys]:
-    """Every quota day found in Redis (SCAN), with its keys and the reservations pointing to it."""
-    keys_by_day: dict[str, list[str]] = {}
-    async for raw in redis.scan_iter(match=f"{COUNTER_PREFIX}*", count=1000):
-        key = _text(raw)
-        day = key[len(COUNTER_PREFIX) :].split(":", 1)[0]
-        keys_by_day.setdefault(day, []).append(key)
-    reservations: Counter[str] = Counter()
-    batch: list[str] = []
-
-    async def count(batch: list[str]) -> None:
-        for value in await redis.mget(batch):
-            if value is not None:
-                reservations[_text(value)] += 1
-
-    async for raw in redis.scan_iter(match=f"{RESERVATION_PREFIX}*", count=1000):
-        batch.append(_text(raw))
-        if len(batch) >= 500:
-            await count(batch)
-            batch = []
-    if batch:
-        await count(batch)
-    days = []
-    for day in sorted(set(keys_by_day) | set(reservations)):
-        try:
-            date = dt.date.fromisoformat(day)
-        except ValueError:
-            continue  # not one of ours
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.get(counter_key(date)).scard(members_key(date)).ttl(counter_key(date))
-            used, members, ttl = await pipe.execute()
-        when = "today" if date == today else ("past" if date < today else "future")
-        days.append(
-            DayKeys(
-                day=day,
-                used=int(used) if used is not None else None,
-                reservations=int(members) if members else None,
-                reservation_keys=reservations[day],
-                expires_in=float(ttl) if ttl is not None and ttl >= 0 else None,
-                when=when,
-                keys=sorted(keys_by_day.get(day, [])),
-            )
-        )
-    return days
+    """Every quota day found in Redis, with its keys and the reservations pointing to it."""
+    return [DayKeys.of(d, today) for d in await QuotaMaintenance(redis).days()]
 
 
 def days_table(days: list[DayKeys]) -> Table:
@@ -277,11 +240,8 @@ def clean(
                 console.print(f"dry run: would delete the keys of {len(past)} past day(s)")
                 return past
             common.confirm(f"Delete the quota keys of {len(past)} past day(s)?", yes)
-            store = QuotaStore(redis)
-            for d in past:
-                await store.reset(dt.date.fromisoformat(d.day))
-            # Reservations whose day set had already expired.
-            orphans = await delete_reservations_before(redis, today)
+            # Also the reservations whose day's set had already expired.
+            _, orphans = await QuotaMaintenance(redis).clean_before(today)
             console.print(
                 f"deleted the quota keys of {len(past)} past day(s)"
                 + (f" ({orphans} reservation(s) left without their day)" if orphans else "")
@@ -289,31 +249,6 @@ def clean(
             return past
 
     common.run(main())
-
-
-async def delete_reservations_before(redis: Any, today: dt.date) -> int:
-    deleted = 0
-    batch: list[str] = []
-
-    async def flush() -> None:
-        nonlocal deleted
-        values = await redis.mget(batch)
-        old = [
-            k
-            for k, v in zip(batch, values, strict=True)
-            if v is not None and _text(v) < today.isoformat()
-        ]
-        if old:
-            deleted += int(await redis.delete(*old))
-
-    async for raw in redis.scan_iter(match=f"{RESERVATION_PREFIX}*", count=1000):
-        batch.append(_text(raw))
-        if len(batch) >= 500:
-            await flush()
-            batch = []
-    if batch:
-        await flush()
-    return deleted
 
 
 @app.command("watch")

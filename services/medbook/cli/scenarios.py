@@ -35,8 +35,9 @@ from medbook.contracts import (
     Event,
     ServiceItem,
 )
-from medbook.discount.idempotency import record_key
-from medbook.discount.quota import QuotaStore, counter_key, members_key
+from medbook.discount.idempotency import stored_result
+from medbook.discount.maintenance import QuotaMaintenance
+from medbook.discount.quota import QuotaStore
 from medbook.discount.rules import discounted_price
 
 # Services offered to every gender, cheapest first, with their prices.
@@ -194,7 +195,7 @@ class Saga:
 
     async def used(self) -> int:
         assert self.redis is not None
-        return int(await self.redis.get(counter_key(self.today())) or 0)
+        return await QuotaStore(self.redis).used(self.today())
 
     async def holders(self) -> set[str]:
         assert self.redis is not None
@@ -583,7 +584,7 @@ async def duplicate_event(saga: Saga, outcome: Outcome, copies: int = 2) -> None
                 body = json.loads(message.body)
                 if body["bookingId"] == booking_id:
                     results.append(body["resultId"])
-    stored = await saga.redis.hget(record_key(booking_id), "result")
+    stored = await stored_result(saga.redis, booking_id)
     stored_id = json.loads(stored)["resultId"] if stored else None
     outcome.check(
         f"duplicate event at the broker ({copies} extra copies of booking_created)",
@@ -599,8 +600,8 @@ async def duplicate_event(saga: Saga, outcome: Outcome, copies: int = 2) -> None
         booking["status"] in TERMINAL_STATUSES and result_lines(booking) == 1,
     )
     day = saga.today()
-    count = int(await saga.redis.get(counter_key(day)) or 0)
-    members = int(await saga.redis.scard(members_key(day)))
+    count = await QuotaStore(saga.redis).used(day)
+    members = await QuotaMaintenance(saga.redis).reservations(day)
     outcome.check(
         "  ... and the quota counted it at most once",
         "the day's counter equals its reservations",

@@ -138,3 +138,8 @@ class IdempotencyStore:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+async def stored_result(redis: Redis, booking_id: uuid.UUID | str) -> bytes | None:
+    """The result stored for the booking (what a redelivery re-sends), None until there is one."""
+    return await redis.hget(record_key(booking_id), "result")

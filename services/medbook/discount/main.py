@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="medbook-discount",
         description="Discount worker: consumes booking_created and quota_released from "
         "RabbitMQ, decides discounts against the quota in Redis, publishes discount_processed. "
-        "Configured by environment variables (see README.md, 'Configuration').",
+        "Configured by environment variables (see docs/configuration.md).",
     )
     parser.parse_args(argv)
     settings = DiscountSettings()
