@@ -14,6 +14,8 @@ dev: install
 test: install-dev
 	scripts/install-system-deps --test
 	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 ## The benchmark: N bookings at concurrency C against a fresh local system.
@@ -24,15 +26,22 @@ bench: install
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: install-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## Re-resolve the lock files after changing pyproject.toml.
+## Re-resolve the lock files after changing pyproject.toml: the whole development set first,
+## then each image's subset (and `make dev`'s) at the same versions.
+COMPILE := $(BIN)/uv pip compile -q pyproject.toml --python-version 3.11 --universal
 lock:
-	$(BIN)/uv pip compile -q pyproject.toml --extra operator -o requirements.lock --python-version 3.11 --universal
-	$(BIN)/uv pip compile -q pyproject.toml --extra operator --extra dev -o requirements-dev.lock --python-version 3.11 --universal
+	$(COMPILE) --extra dev -o requirements-dev.lock
+	$(COMPILE) -c requirements-dev.lock --extra booking --extra discount --extra operator \
+		--extra cli --extra dev-stack -o requirements.lock
+	$(COMPILE) -c requirements-dev.lock --extra booking -o requirements-booking.lock
+	$(COMPILE) -c requirements-dev.lock --extra discount --extra operator -o requirements-discount.lock
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev

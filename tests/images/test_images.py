@@ -39,10 +39,24 @@ def built() -> float:
     return seconds
 
 
-def _lock() -> dict[str, str]:
-    """The lock file's pins that apply on Linux (markers for other platforms skipped)."""
+# Each image's lock file, the modules its processes run, and what must not be in it.
+IMAGE_LOCK = {"booking": "requirements-booking.lock", "discount": "requirements-discount.lock"}
+IMAGE_MODULES = {
+    "booking": "medbook.booking.main, medbook.booking.sweep, medbook.booking.migrations",
+    "discount": "medbook.discount.main, medbook_operator.main",
+}
+NOT_IN_IMAGE = {
+    "booking": {"kopf", "redis", "hiredis", "typer", "rich", "mirakuru", "psutil", "port-for",
+                "aiohttp"},
+    "discount": {"asyncpg", "databases", "sqlalchemy", "alembic", "psycopg", "typer", "rich",
+                 "mirakuru", "psutil", "port-for"},
+}  # fmt: skip
+
+
+def _lock(image: str) -> dict[str, str]:
+    """The image's lock file pins that apply on Linux (markers for other platforms skipped)."""
     pins = {}
-    for line in (ROOT / "requirements.lock").read_text().splitlines():
+    for line in (ROOT / IMAGE_LOCK[image]).read_text().splitlines():
         match = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;]+)\s*(?:;\s*(.*))?$", line)
         if not match:
             continue
@@ -69,13 +83,13 @@ def test_the_image_is_configured_to_run_unprivileged(built: float, image: str) -
 
 
 @pytest.mark.parametrize("image", IMAGES)
-def test_the_image_holds_the_locked_dependencies_and_no_build_tools(
+def test_the_image_holds_only_its_locked_dependencies_and_no_build_tools(
     built: float, image: str
 ) -> None:
     script = (
         "import importlib.metadata as m, json, os, shutil, zoneinfo\n"
         "zoneinfo.ZoneInfo('Asia/Kolkata')\n"
-        "import medbook.booking.main, medbook.discount.main, medbook_operator.main\n"
+        f"import {IMAGE_MODULES[image]}\n"
         "print(json.dumps({\n"
         "  'uid': os.getuid(), 'gid': os.getgid(),\n"
         "  'tools': [t for t in ('pip', 'pip3', 'gcc', 'cc', 'make') if shutil.which(t)],\n"
@@ -91,11 +105,13 @@ def test_the_image_holds_the_locked_dependencies_and_no_build_tools(
     assert facts["tools"] == [] and facts["caches"] == []
     assert facts["writable"] is False  # the code belongs to root
     installed = {re.sub(r"[-_.]+", "-", k).lower(): v for k, v in facts["dists"].items()}
-    expected = _lock()
+    expected = _lock(image)
     wrong = {name: (version, installed.get(name)) for name, version in expected.items()}
     wrong = {k: v for k, v in wrong.items() if v[0] != v[1]}
     assert not wrong, f"(lock, image) versions differ: {wrong}"
-    assert installed["medbook"] == "0.1.0"
+    assert installed.pop("medbook") == "0.1.0"
+    assert set(installed) == set(expected), "installed beyond the image's lock file"
+    assert not NOT_IN_IMAGE[image] & set(installed)
     assert not {"pip", "setuptools"} & set(installed)
 
 
