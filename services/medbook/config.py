@@ -9,6 +9,7 @@ keeps the two in step).
 
 from __future__ import annotations
 
+import zoneinfo
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
@@ -117,6 +118,14 @@ class TelemetrySettings(_Settings):
     )
 
 
+def _known_zone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
+    return value
+
+
 def _split_names(value: object) -> object:
     if isinstance(value, str):
         return tuple(part.strip() for part in value.split(",") if part.strip())
@@ -176,6 +185,11 @@ class BookingSettings(_ServiceSettings):
     port: int = setting(
         3000, "MEDBOOK_PORT", "BOOKING_PORT", help="Port of the API (and /metrics)."
     )
+    time_zone: str = setting(
+        "Asia/Kolkata", "MEDBOOK_TIME_ZONE",
+        help="IANA zone of 'today' for the booking service: a date of birth after today "
+        "there is refused. The same variable is the quota policy's default zone.",
+    )  # fmt: skip
     api_token: SecretStr | None = setting(
         None, "MEDBOOK_API_TOKEN",
         help="When set, every endpoint but health and metrics needs 'Bearer <token>'.",
@@ -202,6 +216,8 @@ class BookingSettings(_ServiceSettings):
     database: PostgresSettings = Field(default_factory=PostgresSettings)
     rabbit: RabbitSettings = Field(default_factory=RabbitSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+
+    _zone = field_validator("time_zone")(_known_zone)
 
 
 class DiscountSettings(_ServiceSettings):

@@ -56,3 +56,13 @@ class DependencyBusy(DependencyError):
     Worth a retry, but the same work may fail the same way every time (a slow
     query times out on every try), so a consumer counts each try.
     """
+
+
+class InvalidData(Exception):
+    """A dependency refused a value the request carried (a character the database cannot
+    store, say): the request's fault, answered 422, and never its neighbours' in a batch."""
+
+    def __init__(self, dependency: Dependency, detail: str) -> None:
+        super().__init__(f"{dependency.value}: {detail}")
+        self.dependency = dependency
+        self.detail = detail

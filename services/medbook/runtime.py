@@ -11,6 +11,8 @@ from typing import Any
 
 import uvicorn
 
+from medbook.http_protocol import BoundedHttpProtocol
+
 log = logging.getLogger(__name__)
 
 
@@ -35,7 +37,7 @@ def http_server(
         host=host,
         port=port,
         loop="none",
-        http="httptools",
+        http=BoundedHttpProtocol,  # httptools, with the request line and headers bounded
         lifespan="on",
         access_log=access_log,
         log_config=None,

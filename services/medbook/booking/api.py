@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from opentelemetry import trace
@@ -26,8 +27,9 @@ from medbook.booking.validation import (
     parse_booking_request,
 )
 from medbook.booking.views import booking_json
+from medbook.clock import utcnow
 from medbook.contracts import BookingStatus, Gender
-from medbook.failures import DependencyBusy, DependencyError
+from medbook.failures import DependencyBusy, DependencyError, InvalidData
 from medbook.telemetry import extract_context, recording
 
 if TYPE_CHECKING:
@@ -88,10 +90,30 @@ async def read_json_body(request: Request) -> object:
         if size > MAX_BODY_BYTES:
             raise ApiError(413, f"Request body is larger than {MAX_BODY_BYTES} bytes")
         chunks.append(chunk)
+    return parse_json(b"".join(chunks))
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValidationFailed([f"request body has the key '{key}' twice"])
+        seen[key] = value
+    return seen
+
+
+def parse_json(raw: bytes) -> object:
+    """The body's JSON; a key given twice is an ambiguous request (400), not "the last wins"."""
     try:
-        return orjson.loads(b"".join(chunks))
+        body = orjson.loads(raw)  # fast, and it bounds the nesting depth
     except orjson.JSONDecodeError:
         raise ValidationFailed(["request body must be valid JSON"]) from None
+    if isinstance(body, dict | list):
+        try:
+            json.loads(raw, object_pairs_hook=_refuse_duplicates)
+        except RecursionError:
+            raise ValidationFailed(["request body is nested too deeply"]) from None
+    return body
 
 
 def parse_booking_id(request: Request) -> uuid.UUID:
@@ -116,7 +138,8 @@ async def list_services(request: Request) -> Response:
 @guarded
 async def create_booking(request: Request) -> Response:
     body = await read_json_body(request)
-    booking, problems = parse_booking_request(body)
+    today = utcnow().astimezone(_service(request).zone).date()
+    booking, problems = parse_booking_request(body, today)
     if booking is None:
         raise ValidationFailed(problems)
     try:
@@ -130,6 +153,8 @@ async def create_booking(request: Request) -> Response:
         outcome = await _service(request).bookings.create(booking, key, parent=parent)
     except BookingRefused as exc:
         raise ApiError(400, str(exc)) from None
+    except InvalidData as exc:
+        raise ApiError(422, f"The booking cannot be stored: {exc.detail}") from None
     if outcome.created is Created.KEY_REUSED:
         raise ApiError(
             422,

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import zoneinfo
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -30,7 +31,7 @@ from medbook.booking.admission import AdmissionControl
 from medbook.booking.api import ROUTES
 from medbook.booking.batching import GroupCommit
 from medbook.booking.database import create_database
-from medbook.booking.middleware import BearerAuth, HttpMetrics
+from medbook.booking.middleware import BearerAuth, HttpMetrics, UnexpectedErrors
 from medbook.booking.monitor import SagaMonitor
 from medbook.booking.outbox import OutboxRelay
 from medbook.booking.results import ResultHandler, apply_results
@@ -50,6 +51,7 @@ class BookingService:
         # would give invalid (all-zero) ones, so it is installed here if the process has not.
         setup_tracing("medbook-booking", ("asyncpg", "aio_pika"))
         self.settings = settings
+        self.zone = zoneinfo.ZoneInfo(settings.time_zone)  # where "today" is judged
         db = settings.database
         self.db = create_database(
             db.dsn,
@@ -205,6 +207,7 @@ def create_app(settings: BookingSettings, service: BookingService | None = None)
         )
     if settings.api_token is not None:
         middleware.append(Middleware(BearerAuth, token=settings.api_token.get_secret_value()))
+    middleware.insert(0, Middleware(UnexpectedErrors))  # outermost: nothing escapes to uvicorn
     app = Starlette(
         routes=ROUTES,
         middleware=middleware,
@@ -212,7 +215,6 @@ def create_app(settings: BookingSettings, service: BookingService | None = None)
         exception_handlers={
             errors.ApiError: errors.api_error,
             HTTPException: errors.http_error,
-            Exception: errors.unexpected_error,
         },
     )
     app.state.service = service

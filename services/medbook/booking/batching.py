@@ -8,7 +8,10 @@ soon as the loop gets to it, so a lone request waits for nothing, and the
 batch grows only as fast as requests pile up behind a busy flush. Every
 caller gets its own outcome (or exception) and returns only after the commit,
 so durability and each caller's semantics are those of a transaction of its
-own.
+own. One caller's bad item never fails the others: when a batch fails for any
+reason but an outage (a value the database refuses, a bug), its items are
+flushed again one by one, and only the guilty one gets the error. An outage
+fails every caller at once (retrying each would only wait longer for the same).
 
 With tracing on, each caller's trace shows a span for its wait (with the
 batch size), and the flush is a trace of its own, linked to every caller's
@@ -26,6 +29,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanContext
 
+from medbook.failures import DependencyError
 from medbook.telemetry import recording
 
 log = logging.getLogger(__name__)
@@ -43,8 +47,10 @@ class GroupCommit(Generic[In, Out]):
         max_batch: int = 256,
         max_concurrent: int = 2,
         name: str = "batch",
+        isolate: Callable[[Exception], bool] = lambda exc: not isinstance(exc, DependencyError),
     ) -> None:
         self._flush = flush
+        self.isolate = isolate
         self.max_batch = max_batch
         self.max_concurrent = max_concurrent
         self.name = name
@@ -83,6 +89,16 @@ class GroupCommit(Generic[In, Out]):
                 try:
                     outcomes = await self._flush_traced(live)
                 except BaseException as exc:
+                    if isinstance(exc, Exception) and len(live) > 1 and self.isolate(exc):
+                        log.warning(
+                            "%s batch of %d failed (%r); flushing its items one by one",
+                            self.name,
+                            len(live),
+                            exc,
+                        )
+                        for entry in live:
+                            await self._flush_alone(entry)
+                        continue
                     for _, future, _ in live:
                         if not future.done():
                             future.set_exception(exc)
@@ -94,6 +110,17 @@ class GroupCommit(Generic[In, Out]):
                         future.set_result(outcome)
         finally:
             self._running -= 1
+
+    async def _flush_alone(self, entry: tuple[In, asyncio.Future[Out], SpanContext | None]) -> None:
+        future = entry[1]
+        try:
+            (outcome,) = await self._flush_traced([entry])
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+        else:
+            if not future.done():
+                future.set_result(outcome)
 
     async def _flush_traced(
         self, live: list[tuple[In, asyncio.Future[Out], SpanContext | None]]

@@ -6,7 +6,9 @@ those that mean the server cannot be reached, is shutting down, is starting,
 is read-only (a standby during a failover) or lost a commit's answer become
 :class:`~medbook.failures.DependencyUnavailable`; a statement timeout, a
 deadlock and a serialization failure become
-:class:`~medbook.failures.DependencyBusy`. Everything else (a constraint
+:class:`~medbook.failures.DependencyBusy`; a value the server cannot store (a NUL
+in a text, an out-of-range number) is :class:`~medbook.failures.InvalidData`.
+Everything else (a constraint
 violation, a bad value, a bug) goes through untouched.
 """
 
@@ -20,7 +22,7 @@ from typing import Final
 import asyncpg
 from databases import Database
 
-from medbook.failures import Dependency, DependencyBusy, DependencyUnavailable
+from medbook.failures import Dependency, DependencyBusy, DependencyUnavailable, InvalidData
 
 CLIENT_TIMEOUT_MARGIN: Final = 5.0
 
@@ -48,6 +50,8 @@ _BUSY: Final[tuple[type[BaseException], ...]] = (
 
 def translate(exc: BaseException) -> BaseException:
     """The taxonomy's exception for a driver error, or ``exc`` itself."""
+    if isinstance(exc, asyncpg.DataError | asyncpg.CharacterNotInRepertoireError):
+        return InvalidData(Dependency.DATABASE, str(exc))
     if isinstance(exc, _BUSY) and not isinstance(exc, asyncpg.TooManyConnectionsError):
         return DependencyBusy(Dependency.DATABASE, _describe(exc))
     if isinstance(exc, _UNAVAILABLE) or _closed_connection(exc):

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import http
-import logging
 from collections.abc import Mapping, Sequence
 
 import orjson
@@ -15,13 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from medbook.clock import js_iso, utcnow
-
-log = logging.getLogger(__name__)
-
-
-def iso_now() -> str:
-    return js_iso(utcnow())
+from medbook.http_protocol import error_document
 
 
 class JSONResponse(Response):
@@ -61,16 +54,9 @@ def error_response(
     error: str | Sequence[str] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    body: dict[str, object] = {
-        "code": status,
-        "message": message,
-        "error": list(error)
-        if isinstance(error, list | tuple)
-        else (error or http.HTTPStatus(status).phrase),
-        "timestamp": iso_now(),
-    }
-    if request is not None:
-        body["path"] = request.url.path
+    body = error_document(status, message, request.url.path if request is not None else None)
+    if error:
+        body["error"] = list(error) if isinstance(error, list | tuple) else error
     return JSONResponse(body, status_code=status, headers=dict(headers or {}))
 
 
@@ -89,8 +75,3 @@ async def http_error(request: Request, exc: Exception) -> Response:
     else:
         message = str(exc.detail)
     return error_response(request, exc.status_code, message, headers=exc.headers)
-
-
-async def unexpected_error(request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(request, 500, "Internal Server Error")

@@ -1,8 +1,10 @@
-"""ASGI middleware of the booking API: bearer-token authentication and HTTP metrics."""
+"""ASGI middleware of the booking API: bearer-token authentication, HTTP metrics, and a JSON
+500 for a bug that keeps the connection usable."""
 
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 
 from starlette.requests import Request
@@ -10,6 +12,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from medbook import metrics
 from medbook.booking.errors import error_response
+
+log = logging.getLogger("medbook.booking.errors")
 
 # Reachable without a token: probes and the metrics scrape.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -20,14 +24,16 @@ class BearerAuth:
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
-        self.token = f"Bearer {token}".encode()
+        self.token = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-        if hmac.compare_digest(given, self.token):
+        scheme, _, credentials = given.partition(b" ")
+        # The scheme is case-insensitive (RFC 7235); the token is compared in constant time.
+        if scheme.lower() == b"bearer" and hmac.compare_digest(credentials, self.token):
             await self.app(scope, receive, send)
             return
         message = "Missing bearer token" if not given else "Invalid bearer token"
@@ -64,3 +70,37 @@ class HttpMetrics:
             method = scope["method"]
             metrics.HTTP_REQUESTS.labels(method, template, str(status)).inc()
             metrics.HTTP_DURATION.labels(method, template).observe(time.perf_counter() - started)
+
+
+class UnexpectedErrors:
+    """Answers a bug with a JSON 500 and keeps the connection.
+
+    Starlette's own handler re-raises after answering, so uvicorn closes the
+    keep-alive connection and a request pipelined behind the failed one gets no
+    answer. Here the error is logged (with its traceback) and the connection
+    stays usable; only a failure after the response started has to end it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            if started:
+                raise
+            request = Request(scope)
+            log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+            await error_response(request, 500, "Internal Server Error")(scope, receive, send)

@@ -270,7 +270,7 @@ class BookingStore:
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
         async with self.raw() as conn:
-            inserted = {row["booking_id"] for row in await conn.fetch(_INSERT_MANY, *columns)}
+            inserted = await self._insert_batch(conn, columns)
             outcomes = []
             for r in requests:
                 event = r.booking.event
@@ -283,6 +283,11 @@ class BookingStore:
                 else:
                     outcomes.append(await self._existing_for_key(conn, r))
             return outcomes
+
+    async def _insert_batch(
+        self, conn: asyncpg.Connection, columns: list[list[Any]]
+    ) -> set[uuid.UUID]:
+        return {row["booking_id"] for row in await conn.fetch(_INSERT_MANY, *columns)}
 
     async def _existing_for_key(
         self, conn: asyncpg.Connection, request: CreateRequest

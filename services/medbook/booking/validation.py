@@ -2,14 +2,22 @@
 
 The messages follow the reference's (class-validator) wording where it had
 one. Stricter than the reference where it was wrong: a number is not a name,
-an impossible date such as 1990-02-30 is refused, a date of birth in the
-future is refused, and a service cannot be listed twice.
+an impossible date such as 1990-02-30 is refused, a date of birth after today
+(today in the service's time zone, ``MEDBOOK_TIME_ZONE``) is refused, and a
+service cannot be listed twice.
+
+Text from the request is untrusted: control characters (C0, C1, DEL: a NUL
+would reach PostgreSQL, which refuses it) are refused in every text field; a
+name must show at least one visible character and may not carry bidirectional
+controls (which make a name display as something else); names are stored in
+Unicode NFC, so the same name typed two ways is one user.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+import unicodedata
 import uuid
 from typing import Any, Final
 
@@ -25,7 +33,14 @@ FIELDS: Final = ("userName", "gender", "dob", "serviceNames", "userId")
 GENDER_PROBLEM: Final = (
     f"gender must be one of the following values: {', '.join(g.value for g in Gender)}"
 )
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Bidirectional controls: embeddings, overrides, isolates and the invisible marks.
+_BIDI = re.compile(r"[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# What shows nothing by itself: format characters (zero-width, joiners, BOM), marks
+# that combine with a preceding character, separators, controls, unassigned.
+_INVISIBLE_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cn", "Co", "Cs", "Mn", "Me", "Mc", "Zs",
+                                           "Zl", "Zp"})  # fmt: skip
 _KEY = re.compile(r"^[\x21-\x7e]+$")
 
 # Namespace of the stable user ids derived from names (UUIDv5).
@@ -37,10 +52,8 @@ def user_id_for(name: str) -> str:
     return str(uuid.uuid5(USER_NAMESPACE, name))
 
 
-def parse_booking_request(
-    body: Any, today: dt.date | None = None
-) -> tuple[BookingRequest | None, list[str]]:
-    """The request, or None and the list of problems."""
+def parse_booking_request(body: Any, today: dt.date) -> tuple[BookingRequest | None, list[str]]:
+    """The request, or None and the list of problems (``today``: in the service's zone)."""
     if not isinstance(body, dict):
         return None, ["request body must be a JSON object"]
     problems = [f"property {key} should not exist" for key in body if key not in FIELDS]
@@ -52,14 +65,19 @@ def parse_booking_request(
         problems.append("userName must be a string")
     elif not name.strip():
         problems.append("userName should not be empty")
-    elif len(name.strip()) > MAX_NAME_LENGTH:
-        problems.append(f"userName must be shorter than or equal to {MAX_NAME_LENGTH} characters")
+    else:
+        name = unicodedata.normalize("NFC", name.strip())
+        problems += _text_problems("userName", name, display=True)
+        if len(name) > MAX_NAME_LENGTH:
+            problems.append(
+                f"userName must be shorter than or equal to {MAX_NAME_LENGTH} characters"
+            )
 
     gender = body.get("gender")
     if not isinstance(gender, str) or gender not in {g.value for g in Gender}:
         problems.append(GENDER_PROBLEM)
 
-    dob = _parse_dob(body.get("dob"), today or dt.datetime.now(dt.UTC).date(), problems)
+    dob = _parse_dob(body.get("dob"), today, problems)
 
     services = body.get("serviceNames")
     if not isinstance(services, list):
@@ -72,6 +90,9 @@ def parse_booking_request(
         problems.append("each value in serviceNames must be a non-empty string")
     elif len({s.strip() for s in services}) != len(services):
         problems.append("serviceNames must not contain the same service twice")
+    else:
+        for service in services:
+            problems += _text_problems("serviceNames", service)
 
     user_id = body.get("userId")
     if "userId" in body:
@@ -83,27 +104,53 @@ def parse_booking_request(
             problems.append(
                 f"userId must be shorter than or equal to {MAX_USER_ID_LENGTH} characters"
             )
+        else:
+            problems += _text_problems("userId", user_id)
 
     if problems:
-        return None, problems
+        return None, list(dict.fromkeys(problems))
     assert isinstance(name, str)
     assert isinstance(services, list)
     assert dob is not None
-    clean_name = name.strip()
     return (
         BookingRequest(
-            user_name=clean_name,
+            user_name=name,
             gender=Gender(str(gender)),
             dob=dob,
             service_names=tuple(s.strip() for s in services),
-            user_id=user_id.strip() if isinstance(user_id, str) else user_id_for(clean_name),
+            user_id=user_id.strip() if isinstance(user_id, str) else user_id_for(name),
         ),
         [],
     )
 
 
+def _text_problems(field: str, value: str, *, display: bool = False) -> list[str]:
+    """What is wrong with an untrusted text (``display``: it is shown to people, a name)."""
+    problems = []
+    control = _CONTROL.search(value)
+    if control:
+        problems.append(
+            f"{field} must not contain control characters (found U+{ord(control.group()):04X})"
+        )
+    if display:
+        if _BIDI.search(value):
+            problems.append(f"{field} must not contain bidirectional control characters")
+        if all(unicodedata.category(c) in _INVISIBLE_CATEGORIES for c in value):
+            problems.append(f"{field} must contain at least one visible character")
+    return problems
+
+
 def _parse_dob(value: Any, today: dt.date, problems: list[str]) -> dt.date | None:
-    if not isinstance(value, str) or not _DATE.match(value):
+    if not isinstance(value, str):
+        problems.append("dob must be a valid ISO 8601 date string (YYYY-MM-DD)")
+        return None
+    if any(c.isspace() for c in value):
+        problems.append("dob must not contain spaces or line breaks")
+        return None
+    if any(c.isdigit() and not c.isascii() for c in value):
+        problems.append("dob must be written with the digits 0-9")
+        return None
+    if not _DATE.fullmatch(value):
         problems.append("dob must be a valid ISO 8601 date string (YYYY-MM-DD)")
         return None
     try:
@@ -111,7 +158,7 @@ def _parse_dob(value: Any, today: dt.date, problems: list[str]) -> dt.date | Non
     except ValueError:
         problems.append(f"dob {value} is not a real calendar date")
         return None
-    if dob > today + dt.timedelta(days=1):
+    if dob > today:
         problems.append("dob must not be in the future")
     elif dob < EARLIEST_DOB:
         problems.append(f"dob must not be before {EARLIEST_DOB.isoformat()}")
