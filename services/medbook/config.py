@@ -13,8 +13,10 @@ import zoneinfo
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from medbook.signing import NO_SIGNING, MessageSigner, parse_keys
 
 
 def setting(default: Any, *names: str, help: str, **bounds: Any) -> Any:
@@ -88,6 +90,42 @@ class RabbitSettings(_Settings):
         help="Seconds one attempt at processing a message may take; a slower one is a "
         "failed try.", gt=0,
     )  # fmt: skip
+
+    signing_keys: SecretStr | None = setting(
+        None, "MEDBOOK_SIGNING_KEYS",
+        help="Keys that sign and verify every message, 'kid:secret,kid:secret' (secrets of "
+        "32 characters or more); unset: messages are not signed (signing.py).",
+    )  # fmt: skip
+    signing_key_id: str | None = setting(
+        None, "MEDBOOK_SIGNING_KEY_ID",
+        help="Which of the keys signs what this process publishes (default: the first).",
+    )  # fmt: skip
+    signing_required: bool = setting(
+        True, "MEDBOOK_SIGNING_REQUIRED",
+        help="With keys: dead-letter unsigned messages (false while turning signing on).",
+    )  # fmt: skip
+
+    @field_validator("signing_keys")
+    @classmethod
+    def _keys_parse(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_keys(value.get_secret_value())
+        return value
+
+    @model_validator(mode="after")
+    def _known_signing_key(self) -> RabbitSettings:
+        if self.signing_key_id is not None and self.signing_key_id not in self.signer().keys:
+            raise ValueError(f"MEDBOOK_SIGNING_KEY_ID {self.signing_key_id!r} is not a given key")
+        return self
+
+    def signer(self) -> MessageSigner:
+        if self.signing_keys is None:
+            return NO_SIGNING
+        return MessageSigner(
+            parse_keys(self.signing_keys.get_secret_value()),
+            self.signing_key_id,
+            self.signing_required,
+        )
 
 
 class RedisSettings(_Settings):

@@ -138,21 +138,26 @@ class DiscountProcessed(_Message):
 
 class ReleaseReason(StrEnum):
     CANCELLED = "cancelled"
-    SWEPT = "swept"
+    SWEPT = "swept"  # no longer emitted (see QuotaReleased); still understood
     LATE_RESULT = "late_result"
+    ORPHAN_RESULT = "orphan_result"  # a result for a booking that does not exist
 
 
 class QuotaReleased(_Message):
     """Booking service -> discount worker: give back the unit held for this booking.
 
-    ``day`` is the quota day when the booking service knows it (from a result);
-    without it the worker finds the reservation by booking id. Releasing is
-    idempotent: a unit is given back at most once whatever the deliveries.
+    ``resultId`` names the result that granted the unit (the booking service
+    has it from that result): the worker gives the unit back only when it is
+    the result it stored for the booking, so a release cannot be forged by
+    someone who never saw the result. ``day`` is the quota day the result
+    named. Releasing is idempotent: a unit is given back at most once whatever
+    the deliveries.
     """
 
     booking_id: uuid.UUID = Field(alias="bookingId")
     day: dt.date | None = None
     reason: ReleaseReason
+    result_id: uuid.UUID | None = Field(default=None, alias="resultId")
 
 
 EVENT_MODELS: Final[dict[Event, type[_Message]]] = {

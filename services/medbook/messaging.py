@@ -8,7 +8,8 @@ A :class:`Consumer` runs one handler per delivery, concurrently, up to the
 prefetch bound, and acks only when the handler returned. What a failure does
 depends on its kind:
 
-- :class:`~medbook.contracts.MalformedMessage` (or :class:`DeadLetter`): the
+- a message that is not signed as required (``signing.py``, when signing is
+  on), :class:`~medbook.contracts.MalformedMessage` or :class:`DeadLetter`: the
   message goes to the dead-letter queue at once, with the reason in a header;
 - :class:`~medbook.failures.DependencyUnavailable` (the database, Redis or the
   broker cannot be reached): the handler is run again after a backoff, without
@@ -64,6 +65,7 @@ from medbook.contracts import (
     dead_letter_queue,
 )
 from medbook.failures import Dependency, DependencyUnavailable
+from medbook.signing import NO_SIGNING, MessageSigner, SignatureRefused
 
 log = logging.getLogger(__name__)
 
@@ -187,9 +189,16 @@ def now_iso() -> str:
 class Publisher:
     """Publishes events on a channel with publisher confirms."""
 
-    def __init__(self, connection: AbstractRobustConnection, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        *,
+        timeout: float = 10.0,
+        signer: MessageSigner = NO_SIGNING,
+    ) -> None:
         self.connection = connection
         self.timeout = timeout
+        self.signer = signer
         self.channel: AbstractChannel | None = None
         self.exchange: AbstractExchange | None = None
         self.default_exchange: AbstractExchange | None = None
@@ -224,7 +233,11 @@ class Publisher:
             message_id=message_id,
             correlation_id=correlation_id,
             timestamp=utcnow(),
-            headers={CONTRACT_VERSION_HEADER: CONTRACT_VERSION, **(headers or {})},
+            headers={
+                CONTRACT_VERSION_HEADER: CONTRACT_VERSION,
+                **(headers or {}),
+                **self.signer.headers(event.value, CONTRACT_VERSION, body),
+            },
         )
         with amqp_errors():
             await self.exchange.publish(message, routing_key=event.value, timeout=self.timeout)
@@ -274,7 +287,9 @@ class Consumer:
         message_timeout: float = 30.0,
         retry_backoff: float = 0.2,
         unavailable_backoff_max: float = 5.0,
+        signer: MessageSigner = NO_SIGNING,
     ) -> None:
+        self.signer = signer
         self.connection = connection
         self.queue_name = queue_name
         self.handler = handler
@@ -341,6 +356,14 @@ class Consumer:
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
         event = message.type or "unknown"
+        headers = message.headers or {}
+        try:
+            self.signer.verify(
+                message.type, headers.get(CONTRACT_VERSION_HEADER), message.body, headers
+            )
+        except SignatureRefused as exc:
+            await self._dead_letter(message, str(exc), "unsigned", tries=self._tries(message) + 1)
+            return
         backoff = Backoff(initial=self.retry_backoff, maximum=self.unavailable_backoff_max)
         outage_since: float | None = None
         while True:

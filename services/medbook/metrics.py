@@ -132,9 +132,14 @@ OUTBOX_PUBLISH_LATENCY = Histogram(
     buckets=LATENCY_BUCKETS,
     registry=BOOKING,
 )
+CONFLICTING_RESULTS = Counter(
+    "medbook_conflicting_results",
+    "Results ignored because their booking holds another result (a forged message, or a bug).",
+    registry=BOOKING,
+)
 QUOTA_RELEASE_REQUESTS = Counter(
     "medbook_quota_release_requests",
-    "quota_released events emitted, by trigger (cancelled, late_result, swept).",
+    "quota_released events emitted, by trigger (cancelled, late_result, orphan_result).",
     ["trigger"],
     registry=BOOKING,
 )
@@ -180,13 +185,18 @@ QUOTA_LIMIT = Gauge(
 )
 QUOTA_RELEASED = Counter(
     "medbook_quota_units_released",
-    "Quota units given back (compensations), by trigger (cancelled, late_result, swept).",
+    "Quota units given back (compensations), by trigger (cancelled, late_result, orphan_result).",
     ["trigger"],
     registry=DISCOUNT,
 )
 POLICY_PUBLISHED = Gauge(
     "medbook_policy_published",
     "1 when a published policy is in force, 0 when the environment's defaults are.",
+    registry=DISCOUNT,
+)
+QUOTA_RELEASES_REFUSED = Counter(
+    "medbook_quota_releases_refused",
+    "Releases refused because they do not name the result that holds the unit (forged, stale).",
     registry=DISCOUNT,
 )
 RECOVERED_CLAIMS = Counter(

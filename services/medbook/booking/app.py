@@ -114,7 +114,7 @@ class BookingService:
         )
         while not self.stopping.is_set():
             try:
-                publisher = Publisher(self.connection)
+                publisher = Publisher(self.connection, signer=rabbit.signer())
                 await publisher.start()
                 self.publisher = publisher
                 self.relay.wake()
@@ -127,6 +127,7 @@ class BookingService:
                     max_tries=rabbit.max_tries,
                     outage_budget=rabbit.outage_budget,
                     message_timeout=rabbit.message_timeout,
+                    signer=rabbit.signer(),
                 )
                 await self.consumer.start()
                 return

@@ -4,8 +4,16 @@ A booking is created ``PENDING`` together with its ``booking_created`` event.
 One discount result moves it to ``CONFIRMED`` or ``REJECTED``; a cancel moves a
 ``PENDING`` or ``CONFIRMED`` booking to ``CANCELLED``; the timeout sweep
 rejects one left ``PENDING`` too long. A result that comes after the booking
-left ``PENDING`` is recorded but changes nothing else, and gives back the quota
-unit it reserved if the booking holds none.
+left ``PENDING`` without one (swept, cancelled) is recorded but changes nothing
+else, and gives back the quota unit it reserved. A booking that has its result
+keeps it: any other result for it (a forgery, or a bug) changes nothing at all.
+
+Quota units go back only through the result that granted them: every
+``quota_released`` names that result (``resultId``), and the discount worker
+honours it only if it is the result it stored for the booking. So a cancel of a
+``PENDING`` booking and the sweep emit no release: the booking does not know yet
+whether a unit was reserved, and its result, when it comes, takes the late path
+and gives the unit back.
 
 Each function takes the booking as stored (or the request) and the current
 time, and returns what should happen: a :class:`Transition` (the fields that
@@ -190,6 +198,7 @@ class ResultVerdict(StrEnum):
     APPLIED = "applied"  # the booking was PENDING: it is final now
     DUPLICATE = "duplicate"  # the result it already has, delivered again
     LATE = "late"  # the booking left PENDING first (swept, cancelled): recorded only
+    CONFLICTING = "conflicting"  # the booking has another result: left as it is
     UNKNOWN_BOOKING = "unknown_booking"
 
 
@@ -197,13 +206,16 @@ class ResultVerdict(StrEnum):
 class ResultDecision:
     verdict: ResultVerdict
     transition: Transition | None = None
+    orphan_events: tuple[OutboxEvent, ...] = ()  # for a booking that does not exist
+
+    @property
+    def events(self) -> tuple[OutboxEvent, ...]:
+        return self.transition.events if self.transition is not None else self.orphan_events
 
     @property
     def releases(self) -> bool:
         """Does it give a quota unit back?"""
-        return self.transition is not None and any(
-            isinstance(e, QuotaReleased) for e in self.transition.events
-        )
+        return any(isinstance(e, QuotaReleased) for e in self.events)
 
 
 def result_history(result: DiscountProcessed, now: dt.datetime) -> tuple[str, ...]:
@@ -235,7 +247,12 @@ def apply_result(
 ) -> ResultDecision:
     """What a ``discount_processed`` does to the booking it names."""
     if booking is None:
-        return ResultDecision(ResultVerdict.UNKNOWN_BOOKING)
+        # Its booking_created was forged, or the booking was purged while the message
+        # was in flight: the unit the worker reserved for it goes back.
+        orphan: tuple[OutboxEvent, ...] = ()
+        if result.quota_day is not None:
+            orphan = (_release(result.booking_id, result, ReleaseReason.ORPHAN_RESULT),)
+        return ResultDecision(ResultVerdict.UNKNOWN_BOOKING, orphan_events=orphan)
     if booking.status is BookingStatus.PENDING:
         return ResultDecision(
             ResultVerdict.APPLIED,
@@ -254,6 +271,8 @@ def apply_result(
         )
     if booking.result_id == result.result_id:
         return ResultDecision(ResultVerdict.DUPLICATE)
+    if booking.result_id is not None:
+        return ResultDecision(ResultVerdict.CONFLICTING)
     summary = (
         f"CONFIRMED at {result.final_price}"
         if result.status is BookingStatus.CONFIRMED
@@ -263,11 +282,7 @@ def apply_result(
     events: list[OutboxEvent] = []
     if result.quota_day is not None and booking.quota_day is None:
         # The booking left PENDING without this result's unit: give it back.
-        events.append(
-            QuotaReleased(
-                booking_id=booking.id, day=result.quota_day, reason=ReleaseReason.LATE_RESULT
-            )
-        )
+        events.append(_release(booking.id, result, ReleaseReason.LATE_RESULT))
         history.append(
             history_entry(
                 now, f"[{SagaState.COMPENSATING.value}] Quota unit of {result.quota_day} released"
@@ -283,6 +298,14 @@ def apply_result(
             expect=booking.status,
             result_id=result.result_id,
         ),
+    )
+
+
+def _release(
+    booking_id: uuid.UUID, result: DiscountProcessed, reason: ReleaseReason
+) -> QuotaReleased:
+    return QuotaReleased(
+        booking_id=booking_id, day=result.quota_day, reason=reason, result_id=result.result_id
     )
 
 
@@ -312,12 +335,15 @@ def cancel(booking: Booking, now: dt.datetime) -> CancelDecision:
     if booking.quota_day is not None:
         note += f"; quota unit of {booking.quota_day} released"
     events: tuple[OutboxEvent, ...] = ()
-    # A PENDING booking may hold a unit whose result is still on its way (or lost):
-    # the worker releases whatever it holds for this booking, if anything.
-    if booking.quota_day is not None or booking.status is BookingStatus.PENDING:
+    # A PENDING booking's unit, if the worker reserved one, goes back when its result
+    # arrives (the late path): only that result can vouch for the release.
+    if booking.quota_day is not None:
         events = (
             QuotaReleased(
-                booking_id=booking.id, day=booking.quota_day, reason=ReleaseReason.CANCELLED
+                booking_id=booking.id,
+                day=booking.quota_day,
+                reason=ReleaseReason.CANCELLED,
+                result_id=booking.result_id,
             ),
         )
     return CancelDecision(
@@ -344,7 +370,8 @@ class Timeout:
     """What the sweep does to every booking PENDING since before ``cutoff``.
 
     The sweep is one statement over all of them, so the rule is given once for
-    the lot; :meth:`events` gives each swept booking's events.
+    the lot. It emits no event: a unit the worker may have reserved goes back
+    when the booking's result arrives, late (see the module's docstring).
     """
 
     cutoff: dt.datetime
@@ -352,11 +379,6 @@ class Timeout:
     status: BookingStatus = BookingStatus.REJECTED
     fail_reason: str = TIMEOUT_REASON
     history: tuple[str, ...] = field(default=())
-
-    def events(self, booking_id: uuid.UUID) -> tuple[OutboxEvent, ...]:
-        # The sweep cannot know whether the worker reserved a unit before the result
-        # went missing; the worker releases one only if it exists.
-        return (QuotaReleased(booking_id=booking_id, reason=ReleaseReason.SWEPT),)
 
 
 def time_out(pending_timeout: dt.timedelta, now: dt.datetime) -> Timeout:

@@ -255,7 +255,10 @@ def openapi_document() -> dict[str, Any]:
                     "401": _UNAUTHORIZED,
                     "413": _error("The body is over 64 KiB."),
                     "415": _error("The body is not JSON."),
-                    "422": _error("The Idempotency-Key was used with a different body."),
+                    "422": _error(
+                        "The Idempotency-Key was used with a different body, or the database "
+                        "refuses a value of the request."
+                    ),
                     "503": _UNAVAILABLE,
                 },
             }
@@ -344,6 +347,13 @@ def openapi_document() -> dict[str, Any]:
             }
         },
     }
+    # What the server itself may answer to any request (http_protocol.py, middleware.py).
+    for operations in paths.values():
+        for operation in operations.values():
+            responses = operation["responses"]
+            responses.setdefault("414", _error("The request target is over 8 KiB."))
+            responses.setdefault("431", _error("The request line and headers are over 16 KiB."))
+            responses.setdefault("500", _error("A bug: logged, and the connection stays usable."))
     return {
         "openapi": "3.1.0",
         "info": {

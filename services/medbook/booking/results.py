@@ -5,7 +5,10 @@ what each result does to a PENDING booking, and one conditional statement
 stores all of them (``... AND status = 'PENDING'``). A result whose booking had
 left PENDING meanwhile (swept, cancelled) or that is a repeat is decided again
 against the booking as stored, locked, one by one. The consumer acks only after
-the commit, so a result is never lost and a repeat changes nothing.
+the commit, so a result is never lost and a repeat changes nothing. A result
+that conflicts with the one a booking holds is ignored (and counted); one for a
+booking that does not exist gives back the unit it reserved, then goes to the
+dead-letter queue for inspection.
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ async def _apply_to_stored(
         decision = domain.apply_result(await tx.locked(result.booking_id), result, now)
         if decision.transition is not None:
             await tx.persist(decision.transition, inject_headers())
+        elif decision.orphan_events:
+            await tx.emit(result.booking_id, decision.orphan_events, inject_headers())
         return decision
 
 
@@ -134,5 +139,22 @@ class ResultHandler:
                     contracts.ReleaseReason.LATE_RESULT.value
                 ).inc()
                 self.wake_relay()
+        elif decision.verdict is ResultVerdict.CONFLICTING:
+            metrics.CONFLICTING_RESULTS.inc()
+            log.warning(
+                "result %s for booking %s ignored: the booking has another result already "
+                "(a forged message, or a bug)",
+                result.result_id,
+                result.booking_id,
+            )
         else:
-            raise DeadLetter(f"result for unknown booking {result.booking_id}", "unknown_booking")
+            if decision.releases:
+                self.wake_relay()
+                metrics.QUOTA_RELEASE_REQUESTS.labels(
+                    contracts.ReleaseReason.ORPHAN_RESULT.value
+                ).inc()
+            raise DeadLetter(
+                f"result for unknown booking {result.booking_id}"
+                + ("; its quota unit goes back" if decision.releases else ""),
+                "unknown_booking",
+            )

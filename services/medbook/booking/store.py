@@ -185,12 +185,17 @@ class Transaction:
             args.append(transition.expect.value)
         if (await self.conn.execute(statement, *args)) == "UPDATE 0":
             return False
-        if transition.events:
-            await self.conn.executemany(
-                _INSERT_OUTBOX,
-                [outbox_row(e, transition.booking_id, headers) for e in transition.events],
-            )
+        await self.emit(transition.booking_id, transition.events, headers)
         return True
+
+    async def emit(
+        self, booking_id: uuid.UUID, events: Sequence[OutboxEvent], headers: Mapping[str, str]
+    ) -> None:
+        """Put events in the outbox (committed with the transaction, published after)."""
+        if events:
+            await self.conn.executemany(
+                _INSERT_OUTBOX, [outbox_row(e, booking_id, headers) for e in events]
+            )
 
 
 class BookingStore:
@@ -344,7 +349,7 @@ class BookingStore:
             rows = await conn.fetch(_APPLY_PENDING, *columns, at)
         return {row["id"]: row["created_at"] for row in rows}
 
-    async def sweep(self, rule: Timeout, headers: Mapping[str, str]) -> list[SweptBooking]:
+    async def sweep(self, rule: Timeout) -> list[SweptBooking]:
         """Apply the timeout rule to every booking it covers, in one statement."""
         async with self.transaction() as tx:
             rows = await tx.conn.fetch(
@@ -355,13 +360,6 @@ class BookingStore:
                 rule.at,
                 rule.cutoff,
             )
-            events = [
-                outbox_row(event, row["id"], headers)
-                for row in rows
-                for event in rule.events(row["id"])
-            ]
-            if events:
-                await tx.conn.executemany(_INSERT_OUTBOX, events)
             await tx.conn.execute(
                 "INSERT INTO sweep_runs (finished_at, rejected, pending_timeout_seconds) "
                 "VALUES ($1, $2, $3)",

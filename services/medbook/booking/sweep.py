@@ -1,9 +1,9 @@
 """``medbook-cleanup``: the timeout sweep.
 
 Rejects bookings left PENDING past the timeout ("System timeout: Discount
-service did not respond") in one statement, and in the same transaction puts
-a ``quota_released`` event in the outbox for each of them, so a unit the
-discount worker may have reserved before its result went missing comes back.
+service did not respond") in one statement. A quota unit the discount worker
+reserved for one of them comes back when its result arrives: the result finds
+the booking swept and takes the late path (booking/domain.py).
 One-shot by default (for a Kubernetes CronJob); ``--every N`` loops (local
 dev stack).
 """
@@ -17,16 +17,14 @@ import logging
 
 from opentelemetry import trace
 
-from medbook import metrics
 from medbook.booking import domain
 from medbook.booking.database import create_database
 from medbook.booking.store import BookingStore, SweptBooking
 from medbook.clock import utcnow
 from medbook.config import CleanupSettings
-from medbook.contracts import ReleaseReason
 from medbook.failures import DependencyUnavailable
 from medbook.runtime import on_stop_signals, run
-from medbook.telemetry import inject_headers, setup_logging, setup_tracing
+from medbook.telemetry import setup_logging, setup_tracing
 
 log = logging.getLogger("medbook.cleanup")
 tracer = trace.get_tracer("medbook.cleanup")
@@ -34,11 +32,9 @@ tracer = trace.get_tracer("medbook.cleanup")
 
 async def sweep_once(store: BookingStore, pending_timeout: dt.timedelta) -> list[SweptBooking]:
     with tracer.start_as_current_span("booking.sweep") as span:
-        swept = await store.sweep(domain.time_out(pending_timeout, utcnow()), inject_headers())
+        swept = await store.sweep(domain.time_out(pending_timeout, utcnow()))
         span.set_attribute("medbook.swept", len(swept))
-    if swept:  # the booking service exports the sweep's totals from sweep_runs
-        metrics.QUOTA_RELEASE_REQUESTS.labels(ReleaseReason.SWEPT.value).inc(len(swept))
-    return swept
+    return swept  # the booking service exports the sweep's totals from sweep_runs
 
 
 async def sweep_main(settings: CleanupSettings, pending_timeout: int, every: float | None) -> int:

@@ -15,26 +15,22 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
 
 from redis.asyncio import Redis
 
 from medbook import contracts
 from medbook.discount.decision import Plan
-from medbook.discount.quota import (
-    DAY_TTL_SECONDS,
-    RESERVE_FUNCTION,
+from medbook.discount.keys import (
+    RECORD_PREFIX,
     counter_key,
     members_key,
+    record_key,
     reservation_key,
 )
+from medbook.discount.quota import DAY_TTL_SECONDS, RESERVE_FUNCTION
+
+__all__ = ["RECORD_PREFIX", "Claim", "Completion", "IdempotencyStore", "RecordState", "record_key"]
 from medbook.redis_connection import redis_call
-
-RECORD_PREFIX: Final = "discount_processed:"
-
-
-def record_key(booking_id: uuid.UUID | str) -> str:
-    return f"{RECORD_PREFIX}{booking_id}"
 
 
 class RecordState(StrEnum):

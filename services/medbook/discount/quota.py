@@ -1,41 +1,48 @@
 """The daily discount quota in Redis, one atomic script per operation.
 
-For each quota day (in the policy's time zone) there are two keys:
-``discount_quota:<YYYY-MM-DD>`` holds the day's count (as the reference's did,
-so ``redis-cli get`` still answers) and ``discount_quota:<YYYY-MM-DD>:bookings``
-is the set of booking ids holding a unit that day. ``discount_reservation:<id>``
-remembers the day a booking's unit was taken from, so a release needs only the
-booking id. A booking reserves at most one unit (a second reservation is a
+For each quota day (in the policy's time zone) a count and the set of bookings
+holding a unit, and for each booking the day its unit came from (the layout is
+``keys.py``). A booking reserves at most one unit (a second reservation is a
 no-op), the count never passes the limit, the count always equals the set's
-size, and a unit goes back at most once. The day's keys expire 48 h after the
-day's first reservation.
+size, and a unit goes back at most once, and only when the release names the
+result that granted it (the one stored in the booking's idempotency record):
+a release nobody could have written without seeing that result. The day's keys
+expire 48 h after the day's first reservation.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Final
 
 from redis.asyncio import Redis
 
+from medbook.discount.keys import (
+    COUNTER_PREFIX,
+    RESERVATION_PREFIX,
+    counter_key,
+    members_key,
+    record_key,
+    reservation_key,
+)
 from medbook.redis_connection import redis_call
 
-COUNTER_PREFIX: Final = "discount_quota:"
-RESERVATION_PREFIX: Final = "discount_reservation:"
+__all__ = [
+    "COUNTER_PREFIX",
+    "DAY_TTL_SECONDS",
+    "RESERVATION_PREFIX",
+    "QuotaStore",
+    "ReleaseOutcome",
+    "Released",
+    "counter_key",
+    "members_key",
+    "reservation_key",
+]
+
 DAY_TTL_SECONDS: Final = 48 * 3600
-
-
-def counter_key(day: dt.date) -> str:
-    return f"{COUNTER_PREFIX}{day.isoformat()}"
-
-
-def members_key(day: dt.date) -> str:
-    return f"{COUNTER_PREFIX}{day.isoformat()}:bookings"
-
-
-def reservation_key(booking_id: uuid.UUID | str) -> str:
-    return f"{RESERVATION_PREFIX}{booking_id}"
 
 
 # The reservation itself, as a Lua function that other scripts embed (the
@@ -59,18 +66,25 @@ local function reserve(counter, members, reservation, booking, limit, ttl, day)
 end
 """
 
-# KEYS: reservation, counter, members (of the day). ARGV: booking id, day.
-# Returns 1 when the booking's unit of that day went back, 0 when it held none.
+# KEYS: reservation, counter, members (of the day), record. ARGV: booking id, day, result id.
+# Returns 1: the unit went back; 0: the booking held none that day; -1: refused, the result
+# id is not the one stored in the booking's record (the release is not vouched for).
 _RELEASE = """
 local held = redis.call('GET', KEYS[1])
 if held and held ~= ARGV[2] then return 0 end
-redis.call('DEL', KEYS[1])
-if redis.call('SREM', KEYS[3], ARGV[1]) == 1 then
-  local left = redis.call('DECR', KEYS[2])
-  if left < 0 then redis.call('SET', KEYS[2], 0, 'KEEPTTL') end
-  return 1
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then
+  redis.call('DEL', KEYS[1])
+  return 0
 end
-return 0
+local stored = redis.call('HGET', KEYS[4], 'result')
+if not stored then return -1 end
+local ok, result = pcall(cjson.decode, stored)
+if not ok or type(result) ~= 'table' or result['resultId'] ~= ARGV[3] then return -1 end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+local left = redis.call('DECR', KEYS[2])
+if left < 0 then redis.call('SET', KEYS[2], 0, 'KEEPTTL') end
+return 1
 """
 
 # KEYS: counter, members. Drops the day's count and holders; returns the count it had.
@@ -92,6 +106,18 @@ return n
 _FORGET_CHUNK = 500
 
 
+class Released(StrEnum):
+    RELEASED = "released"
+    NOTHING_HELD = "nothing_held"
+    REFUSED = "refused"  # the release does not name the result that holds the unit
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseOutcome:
+    verdict: Released
+    day: dt.date | None
+
+
 class QuotaStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
@@ -100,21 +126,36 @@ class QuotaStore:
         self._forget = redis.register_script(_FORGET)
 
     @redis_call
-    async def release(self, booking_id: uuid.UUID, day: dt.date | None = None) -> dt.date | None:
-        """Give back the unit held for this booking; the day it came from, or None if none.
+    async def release(
+        self, booking_id: uuid.UUID, result_id: uuid.UUID | None, day: dt.date | None = None
+    ) -> ReleaseOutcome:
+        """Give back the unit that result ``result_id`` reserved for this booking, once.
 
-        Without ``day``, the booking's reservation tells it.
+        The day comes from the booking's reservation (``day`` when it has none: the
+        reservation may have expired before the day's keys did).
         """
-        if day is None:
-            held = await self.redis.get(reservation_key(booking_id))
-            if held is None:
-                return None
+        held = await self.redis.get(reservation_key(booking_id))
+        if held is not None:
             day = dt.date.fromisoformat(held.decode() if isinstance(held, bytes) else held)
-        released = await self._release(
-            keys=[reservation_key(booking_id), counter_key(day), members_key(day)],
-            args=[str(booking_id), day.isoformat()],
+        if day is None:
+            return ReleaseOutcome(Released.NOTHING_HELD, None)
+        if result_id is None:
+            return ReleaseOutcome(Released.REFUSED, day)
+        outcome = int(
+            await self._release(
+                keys=[
+                    reservation_key(booking_id),
+                    counter_key(day),
+                    members_key(day),
+                    record_key(booking_id),
+                ],
+                args=[str(booking_id), day.isoformat(), str(result_id)],
+            )
         )
-        return day if int(released) else None
+        return ReleaseOutcome(
+            {1: Released.RELEASED, 0: Released.NOTHING_HELD}.get(outcome, Released.REFUSED),
+            day,
+        )
 
     @redis_call
     async def used(self, day: dt.date) -> int:

@@ -4,7 +4,8 @@ For a ``booking_created``: claim the booking's idempotency record (a booking
 already done re-sends its stored result), plan the decision (``decision.py``,
 pure), reserve the quota unit it needs and store the result in one atomic step
 (the first stored wins), publish it, and only then let the consumer ack. For a
-``quota_released``: give the unit back, once.
+``quota_released``: give the unit back, once, and only to a release that names
+the result that reserved it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from medbook.discount import decision
 from medbook.discount.idempotency import IdempotencyStore, RecordState
 from medbook.discount.policy import QuotaPolicy
 from medbook.discount.policy_store import PolicySource, PolicyStore
-from medbook.discount.quota import QuotaStore
+from medbook.discount.quota import QuotaStore, Released
 from medbook.messaging import Consumer, Publisher, connect
 from medbook.redis_connection import redis_client, redis_errors
 from medbook.telemetry import consumer_parent, inject_headers, span
@@ -67,9 +68,9 @@ class DiscountWorker:
         self.connection = await connect(
             self.settings.rabbit.url.get_secret_value(), "medbook-discount", stopping=self.stopping
         )
-        self.publisher = Publisher(self.connection)
-        await self.publisher.start()
         rabbit = self.settings.rabbit
+        self.publisher = Publisher(self.connection, signer=rabbit.signer())
+        await self.publisher.start()
         self.consumer = Consumer(
             self.connection,
             contracts.DISCOUNT_QUEUE,
@@ -79,6 +80,7 @@ class DiscountWorker:
             max_tries=rabbit.max_tries,
             outage_budget=rabbit.outage_budget,
             message_timeout=rabbit.message_timeout,
+            signer=rabbit.signer(),
         )
         await self.consumer.start()
         self.tasks.start(every(5.0, self.refresh_gauges, name="quota gauges"), name="quota-gauges")
@@ -183,8 +185,18 @@ class DiscountWorker:
         metrics.MESSAGES_PUBLISHED.labels(Event.DISCOUNT_PROCESSED.value).inc()
 
     async def release(self, event: QuotaReleased) -> None:
-        day = await self.quota.release(event.booking_id, event.day)
-        if day is None:
+        outcome = await self.quota.release(event.booking_id, event.result_id, event.day)
+        if outcome.verdict is Released.REFUSED:
+            metrics.QUOTA_RELEASES_REFUSED.inc()
+            log.warning(
+                "release of booking %s's quota unit refused: result %s is not the one that "
+                "holds it (%s; a forged or stale message)",
+                event.booking_id,
+                event.result_id,
+                event.reason,
+            )
+            return
+        if outcome.verdict is Released.NOTHING_HELD:
             log.info(
                 "booking %s held no quota unit (%s); nothing to release",
                 event.booking_id,
@@ -193,10 +205,13 @@ class DiscountWorker:
             return
         metrics.QUOTA_RELEASED.labels(event.reason.value).inc()
         log.info(
-            "released the quota unit of booking %s on %s (%s)", event.booking_id, day, event.reason
+            "released the quota unit of booking %s on %s (%s)",
+            event.booking_id,
+            outcome.day,
+            event.reason,
         )
-        if day == self.policy.current.today(utcnow()):
-            metrics.QUOTA_USED.set(await self.quota.used(day))
+        if outcome.day == self.policy.current.today(utcnow()):
+            metrics.QUOTA_USED.set(await self.quota.used(outcome.day))
 
     async def refresh_gauges(self) -> None:
         policy = self.policy.current
