@@ -11,6 +11,8 @@ while handling a network error is a bug.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 
 
@@ -66,3 +68,19 @@ class InvalidData(Exception):
         super().__init__(f"{dependency.value}: {detail}")
         self.dependency = dependency
         self.detail = detail
+
+
+@contextlib.contextmanager
+def translated_errors(translate: Callable[[BaseException], BaseException]) -> Iterator[None]:
+    """Raise the exceptions of the block as ``translate`` (an adapter's) maps them.
+
+    An exception the adapter does not know goes through untouched; a known one is
+    raised as its taxonomy exception, chained to the driver's for the traceback.
+    """
+    try:
+        yield
+    except Exception as exc:
+        translated = translate(exc)
+        if translated is exc:
+            raise
+        raise translated from exc

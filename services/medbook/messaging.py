@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 import aio_pika
@@ -64,7 +64,7 @@ from medbook.contracts import (
     MalformedMessage,
     dead_letter_queue,
 )
-from medbook.failures import Dependency, DependencyUnavailable
+from medbook.failures import Dependency, DependencyUnavailable, translated_errors
 from medbook.signing import NO_SIGNING, MessageSigner, SignatureRefused
 
 log = logging.getLogger(__name__)
@@ -115,16 +115,9 @@ def translate(exc: BaseException) -> BaseException:
     return exc
 
 
-@contextlib.contextmanager
-def amqp_errors() -> Iterator[None]:
+def amqp_errors() -> contextlib.AbstractContextManager[None]:
     """Raise the AMQP driver's errors inside the block as the taxonomy's exceptions."""
-    try:
-        yield
-    except Exception as exc:
-        translated = translate(exc)
-        if translated is exc:
-            raise
-        raise translated from exc
+    return translated_errors(translate)
 
 
 def queue_arguments(queue: str) -> dict[str, Any]:

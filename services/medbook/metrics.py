@@ -23,7 +23,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 # A `<name>_created` series beside every counter and histogram doubles the series count and
 # no dashboard or alert reads it (Prometheus tracks resets itself).
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
 
 BOOKING = CollectorRegistry(auto_describe=True)
 DISCOUNT = CollectorRegistry(auto_describe=True)

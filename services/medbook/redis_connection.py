@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Final, ParamSpec, TypeVar
 
 from redis import exceptions as redis_exceptions
 from redis.asyncio import Redis
 
-from medbook.failures import Dependency, DependencyBusy, DependencyUnavailable
+from medbook.failures import Dependency, DependencyBusy, DependencyUnavailable, translated_errors
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -54,16 +54,9 @@ def translate(exc: BaseException) -> BaseException:
     return exc
 
 
-@contextlib.contextmanager
-def redis_errors() -> Iterator[None]:
+def redis_errors() -> contextlib.AbstractContextManager[None]:
     """Raise redis-py's errors inside the block as the taxonomy's exceptions."""
-    try:
-        yield
-    except Exception as exc:
-        translated = translate(exc)
-        if translated is exc:
-            raise
-        raise translated from exc
+    return translated_errors(translate)
 
 
 def redis_call(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:

@@ -16,13 +16,18 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Iterator
 from typing import Final
 
 import asyncpg
 from databases import Database
 
-from medbook.failures import Dependency, DependencyBusy, DependencyUnavailable, InvalidData
+from medbook.failures import (
+    Dependency,
+    DependencyBusy,
+    DependencyUnavailable,
+    InvalidData,
+    translated_errors,
+)
 
 CLIENT_TIMEOUT_MARGIN: Final = 5.0
 
@@ -68,16 +73,9 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-@contextlib.contextmanager
-def database_errors() -> Iterator[None]:
+def database_errors() -> contextlib.AbstractContextManager[None]:
     """Raise driver errors inside the block as the taxonomy's exceptions."""
-    try:
-        yield
-    except Exception as exc:
-        translated = translate(exc)
-        if translated is exc:
-            raise
-        raise translated from exc
+    return translated_errors(translate)
 
 
 async def _reset_connection(connection: asyncpg.Connection) -> None:

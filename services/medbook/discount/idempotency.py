@@ -138,4 +138,5 @@ def _text(value: bytes | str) -> str:
 
 async def stored_result(redis: Redis, booking_id: uuid.UUID | str) -> bytes | None:
     """The result stored for the booking (what a redelivery re-sends), None until there is one."""
-    return await redis.hget(record_key(booking_id), "result")
+    stored: bytes | str | None = await redis.hget(record_key(booking_id), "result")
+    return stored.encode() if isinstance(stored, str) else stored
