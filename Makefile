@@ -46,11 +46,11 @@ lock:
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-$(VENV)/.installed: pyproject.toml requirements.lock
+$(VENV)/.installed: pyproject.toml requirements.lock scripts/bootstrap
 	scripts/bootstrap
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml requirements-dev.lock
+$(VENV)/.installed-dev: pyproject.toml requirements-dev.lock scripts/bootstrap
 	scripts/bootstrap --dev
 	touch $@ $(VENV)/.installed
 
