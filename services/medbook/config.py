@@ -34,7 +34,7 @@ class PostgresSettings(_Settings):
         help="Full PostgreSQL URL; when set it wins over the DB_* parts.",
     )  # fmt: skip
     host: str = setting("127.0.0.1", "MEDBOOK_DB_HOST", "DB_HOST", help="PostgreSQL host.")
-    port: int = setting(5432, "MEDBOOK_DB_PORT", "DB_PORT", help="PostgreSQL port.")
+    port: int = setting(5432, "MEDBOOK_DB_PORT", "DB_PORT", help="PostgreSQL port.", ge=1, le=65535)
     user: str = setting("postgres", "MEDBOOK_DB_USER", "DB_USERNAME", help="PostgreSQL user.")
     password: SecretStr = setting(
         SecretStr("postgres"), "MEDBOOK_DB_PASSWORD", "DB_PASSWORD", help="PostgreSQL password."
@@ -133,7 +133,9 @@ class RedisSettings(_Settings):
         None, "MEDBOOK_REDIS_URL", "REDIS_URL", help="Full Redis URL; wins over the REDIS_* parts."
     )
     host: str = setting("127.0.0.1", "MEDBOOK_REDIS_HOST", "REDIS_HOST", help="Redis host.")
-    port: int = setting(6379, "MEDBOOK_REDIS_PORT", "REDIS_PORT", help="Redis port.")
+    port: int = setting(
+        6379, "MEDBOOK_REDIS_PORT", "REDIS_PORT", help="Redis port.", ge=1, le=65535
+    )
     password: SecretStr | None = setting(
         None, "MEDBOOK_REDIS_PASSWORD", "REDIS_PASSWORD", help="Redis password."
     )
@@ -221,8 +223,9 @@ class BookingSettings(_ServiceSettings):
         "0.0.0.0", "MEDBOOK_HOST", "BOOKING_HOST", help="Address the API listens on."
     )
     port: int = setting(
-        3000, "MEDBOOK_PORT", "BOOKING_PORT", help="Port of the API (and /metrics)."
-    )
+        3000, "MEDBOOK_PORT", "BOOKING_PORT", help="Port of the API (and /metrics).", ge=1,
+        le=65535,
+    )  # fmt: skip
     time_zone: str = setting(
         "Asia/Kolkata", "MEDBOOK_TIME_ZONE",
         help="IANA zone of 'today' for the booking service: a date of birth after today "
@@ -262,8 +265,9 @@ class DiscountSettings(_ServiceSettings):
     """``medbook-discount``: the discount worker."""
 
     metrics_port: int = setting(
-        9464, "MEDBOOK_METRICS_PORT", help="Port of the worker's /healthz, /readyz, /metrics."
-    )
+        9464, "MEDBOOK_METRICS_PORT", help="Port of the worker's /healthz, /readyz, /metrics.",
+        ge=1, le=65535,
+    )  # fmt: skip
     metrics_host: str = setting("0.0.0.0", "MEDBOOK_METRICS_HOST", help="Address of that port.")
     policy_refresh_interval: float = setting(
         1.0,

@@ -11,6 +11,11 @@ spawn with an environment variable. We add a tag of our own, stable for the
 lifetime of a server object, so that ``stop()`` and ``kill()`` can find and
 reap everything a server left behind, including daemons that detached from the
 process tree (Erlang's epmd).
+
+A server whose ``die_with_parent`` is set gets its stop signal from the kernel
+when the process that started it dies (see :mod:`medbook.devstack.lifetime`),
+and :meth:`_Server.stop_leftover` stops a server that an earlier process left
+running on the same ``data_dir``, found through the server's own pid file.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ import psycopg
 from mirakuru import Executor
 from mirakuru.exceptions import ExecutorError
 from psycopg import sql
+
+from medbook.devstack.lifetime import die_with_parent
 
 __all__ = ["PostgresServer", "RabbitMQServer", "RedisServer"]
 
@@ -117,6 +124,7 @@ class _ServerExecutor(Executor):
         ready: Callable[[], bool],
         env: Mapping[str, str],
         scrub_env: tuple[str, ...] = (),
+        death_signal: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(list(command), envvars=dict(env), **kwargs)
@@ -124,6 +132,14 @@ class _ServerExecutor(Executor):
         self._ready = ready
         self._own_env = dict(env)
         self._scrub_env = scrub_env
+        self._death_signal = death_signal
+
+    @property
+    def _popen_kwargs(self) -> dict[str, Any]:
+        kwargs = super()._popen_kwargs
+        if self._death_signal is not None:  # its own session (as mirakuru's), and a signal
+            kwargs["preexec_fn"] = die_with_parent(self._death_signal, new_session=True)
+        return kwargs
 
     @property
     def envvars(self) -> dict[str, str]:
@@ -163,6 +179,8 @@ class _Server(abc.ABC):
         self._tag = uuid.uuid4().hex
         self._executor: _ServerExecutor | None = None
         self._log: IO[bytes] | None = None
+        self.die_with_parent = False
+        """Stop (with the stop signal) when the thread that called start() ends."""
 
     # -- to be provided by subclasses
 
@@ -187,6 +205,11 @@ class _Server(abc.ABC):
 
     def _is_ours(self, env: Mapping[str, str]) -> bool:
         return env.get(_TAG_ENV) == self._tag
+
+    @property
+    @abc.abstractmethod
+    def pid_file(self) -> Path:
+        """Where the running server writes its main process's pid (first line)."""
 
     # -- public API
 
@@ -229,6 +252,7 @@ class _Server(abc.ABC):
             ready=self._ready,
             env=env,
             scrub_env=self._scrub_env,
+            death_signal=self._stop_signal if self.die_with_parent else None,
             cwd=str(self.data_dir),
             timeout=self.start_timeout,
             sleep=0.1,
@@ -272,6 +296,36 @@ class _Server(abc.ABC):
                 executor.kill()
         self._after_exit()
         self._reap(grace=5.0)
+
+    def stop_leftover(self) -> int | None:
+        """Stop a server that an earlier process left running on this ``data_dir``.
+
+        Its pid file names it; the process must still be the one that wrote the
+        file (started before the file was last written), so a recycled pid is
+        left alone. Returns the pid it stopped, None when nothing was running.
+        """
+        if self.running:
+            return None
+        try:
+            pid = int(self.pid_file.read_text().split()[0])
+            written = self.pid_file.stat().st_mtime
+            proc = psutil.Process(pid)
+            if not _alive(proc) or proc.create_time() > written + 1:
+                return None
+        except (OSError, ValueError, IndexError, psutil.Error):
+            return None
+        LOG.info("%s: stopping pid %d, left running by an earlier process", self, pid)
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(self._stop_signal)
+        if _wait_gone([proc], self.stop_timeout):
+            _kill_procs([proc])
+            _wait_gone([proc], 10.0)
+        self._after_leftover()
+        return pid
+
+    def _after_leftover(self) -> None:
+        """Hook run once a leftover main process is gone (helpers it left behind)."""
+        return
 
     def kill(self) -> None:
         """SIGKILL every process of the server, as a crash would (for crash drills)."""
@@ -376,6 +430,10 @@ class PostgresServer(_Server):
 
     def url_for(self, database: str) -> str:
         return f"postgresql://postgres@{_HOST}:{self.port}/{database}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "postmaster.pid"
 
     def create_database(self, name: str, template: str | None = None) -> None:
         query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
@@ -483,10 +541,15 @@ class RedisServer(_Server):
     def url(self) -> str:
         return f"redis://{_HOST}:{self.port}/0"
 
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "redis.pid"
+
     def _command(self) -> list[str]:
         # No config file: /etc/redis/redis.conf is not read.
         return [
             self.binary,
+            "--pidfile", str(self.pid_file),
             "--port", str(self.port),
             "--bind", _HOST,
             "--dir", str(self.data_dir),
@@ -555,6 +618,10 @@ class RabbitMQServer(_Server):
         return f"amqp://guest:guest@{_HOST}:{self.port}/"
 
     @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "rabbitmq.pid"
+
+    @property
     def nodename(self) -> str:
         """``name@localhost``, created on first use and then read from data_dir."""
         if self._nodename is None:
@@ -586,6 +653,7 @@ class RabbitMQServer(_Server):
             "ERL_EPMD_ADDRESS": _HOST,
             "RABBITMQ_MNESIA_BASE": str(data / "mnesia"),
             "RABBITMQ_LOG_BASE": str(data / "log"),
+            "RABBITMQ_PID_FILE": str(self.pid_file),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(data / "enabled_plugins"),
             # These three do not exist: no config from /etc/rabbitmq.
             "RABBITMQ_CONFIG_FILE": str(data / "rabbitmq"),
@@ -626,6 +694,12 @@ class RabbitMQServer(_Server):
             )
         except subprocess.TimeoutExpired:
             LOG.warning("%s: epmd -kill timed out", self)
+
+    def _after_leftover(self) -> None:
+        # The node's epmd (on a port of that earlier run) and helpers carry its node name.
+        helpers = _find_processes(self._is_ours)
+        _kill_procs(helpers)
+        _wait_gone(helpers, 10.0)
 
     def _is_ours(self, env: Mapping[str, str]) -> bool:
         # Matching the node name also catches processes of this node started by
