@@ -67,6 +67,14 @@ def _unwrapped_output(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("COLUMNS", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _no_dev_stack_of_the_developer(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The commands find a running `make dev` by themselves: never the developer's own."""
+    monkeypatch.setenv("MEDBOOK_DEV_DATA", str(tmp_path_factory.getbasetemp() / "no-dev-stack"))
+
+
 @pytest.fixture
 def medbook(stack: Stack) -> Medbook:
     return Medbook(

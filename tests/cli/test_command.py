@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -16,20 +18,49 @@ from medbook.cli.main import app
 from tests.cli.conftest import Medbook, explain
 from tests.helpers import Stack, service_env
 
-COMMANDS = [
-    [], ["book"], ["scenario"], ["load"], ["load", "quota"], ["bench"], ["dev"],
-    ["quota"], ["quota", "get"], ["quota", "reset"], ["quota", "keys"], ["quota", "clean"],
-    ["quota", "watch"], ["bookings"], ["bookings", "watch"], ["bookings", "stats"],
-    ["bookings", "purge"], ["dlq"], ["dlq", "list"], ["dlq", "show"], ["dlq", "replay"],
-    ["dlq", "purge"],
-]  # fmt: skip
+
+def all_commands() -> list[tuple[list[str], Any]]:
+    """Every command and group of `medbook`, with its path, from the command tree itself."""
+    import typer
+
+    found: list[tuple[list[str], Any]] = []
+
+    def walk(command: Any, path: list[str]) -> None:
+        found.append((path, command))
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
 
 
-@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "medbook")
-def test_every_subcommand_has_help(command: list[str]) -> None:
-    result = CliRunner().invoke(app, [*command, "--help"])
+COMMANDS = all_commands()
+# typer's labels for a type (`<int>`, `<str>`, `<float range>`, `<list[str]>`, `<bool>`): an
+# option's metavar that says nothing about its value.
+TYPE_LABEL = re.compile(r"<(int|float|str|bool|uuid|path|datetime)( range)?>|<list\[")
+
+
+@pytest.mark.parametrize(
+    ("path", "command"), COMMANDS, ids=[" ".join(path) or "medbook" for path, _ in COMMANDS]
+)
+def test_every_help_is_readable_at_80_columns(path: list[str], command: Any) -> None:
+    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "80"})
     assert result.exit_code == 0, explain(result)
-    assert "Usage: medbook" in result.stdout
+    text = result.stdout
+    assert text.startswith(f"Usage: medbook {' '.join(path)}".rstrip())
+    assert [line for line in text.splitlines() if len(line) > 80] == []
+    options = text[text.index("Options:") :]  # (typer labels every argument with its type)
+    assert "…" not in text and not TYPE_LABEL.search(options), text
+    words = set(re.findall(r"[\w-]+", text))
+    for param in command.params:
+        for name in [*param.opts, *param.secondary_opts]:
+            if name.startswith("-"):
+                assert name in words, f"{name} is cut or missing:\n{text}"
+        envvars = param.envvar if isinstance(param.envvar, list) else [param.envvar]
+        for envvar in filter(None, envvars):
+            assert envvar in words, f"{envvar} is cut or missing:\n{text}"
+    if getattr(command, "invoke_without_command", False):  # runs without a subcommand
+        assert "COMMAND [ARGS]" not in text.splitlines()[0]
 
 
 @pytest.mark.parametrize(
@@ -137,3 +168,24 @@ def test_the_command_has_no_sql_and_no_redis_keys_of_its_own() -> None:
             if sql.search(line) or keys.search(line):
                 found.append(f"{path.name}:{number}: {line.strip()}")
     assert found == []
+
+
+async def test_a_reader_that_goes_away_ends_the_command_quietly_with_0(stack: Stack) -> None:
+    """`medbook ... | head -3`: a closed pipe is the reader's choice, not a failure."""
+
+    def run() -> tuple[int, bytes]:
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "medbook.cli.main", "bookings", "watch", "--count", "2000",
+                "--interval", "0.1", "--database-url", stack.infra.database_url,
+            ],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.readline()
+        process.stdout.close()
+        code = process.wait(60)
+        return code, process.stderr.read()
+
+    code, errors = await asyncio.to_thread(run)
+    assert (code, errors.decode()) == (0, "")

@@ -45,6 +45,26 @@ def test_every_environment_variable_is_documented(settings: type[BaseSettings]) 
     assert not missing, f"docs/configuration.md does not document: {missing}"
 
 
+def test_every_variable_of_the_command_is_documented() -> None:
+    import typer
+
+    from medbook.cli.main import app
+
+    found: set[str] = set()
+
+    def walk(command: object) -> None:
+        for param in getattr(command, "params", []):
+            envvar = param.envvar
+            found.update([envvar] if isinstance(envvar, str) else envvar or [])
+        for sub in getattr(command, "commands", {}).values():
+            walk(sub)
+
+    walk(typer.main.get_command(app))
+    documented = CONFIGURATION + (DOCS / "cli.md").read_text()
+    missing = sorted(name for name in found if f"`{name}`" not in documented)
+    assert found and not missing, f"docs/configuration.md nor docs/cli.md document: {missing}"
+
+
 def test_every_metric_is_documented() -> None:
     registries = (metrics.BOOKING, metrics.DISCOUNT, operator_metrics.REGISTRY)
     names = {

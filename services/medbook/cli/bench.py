@@ -19,6 +19,7 @@ import port_for
 import typer
 from rich.console import Console
 
+from medbook.cli import common
 from medbook.cli.loadgen import LoadProfile, LoadReport, LoadRun, render
 
 if TYPE_CHECKING:
@@ -79,13 +80,19 @@ def local_system(bookings: int, tracing: bool) -> Iterator[tuple[DevStack, str |
 
 def bench(
     bookings: Annotated[
-        int, typer.Option("--bookings", "-n", min=1, help="How many bookings (N).")
+        int, typer.Option("--bookings", "-n", min=1, help="How many bookings (N).", metavar="N")
     ] = 2000,
     concurrency: Annotated[
-        int, typer.Option("--concurrency", "-c", min=1, help="Concurrent clients (C).")
+        int, typer.Option("--concurrency", "-c", min=1, help="Concurrent clients (C).", metavar="C")
     ] = 64,
     url: Annotated[
-        str | None, typer.Option(envvar="MEDBOOK_API_URL", help="Booking API of a running system.")
+        str | None,
+        typer.Option(
+            envvar="MEDBOOK_API_URL",
+            help="Booking API of a running system (default: the medbook dev running here).",
+            metavar="URL",
+            show_default=False,
+        ),
     ] = None,
     local: Annotated[
         bool, typer.Option(help="Start a fresh local system for the run, then stop it.")
@@ -98,20 +105,28 @@ def bench(
         typer.Option(
             envvar="MEDBOOK_DATABASE_URL",
             help="Read final states from PostgreSQL (else from the API).",
+            metavar="URL",
+            show_default=False,
         ),
     ] = None,
     worker_metrics_url: Annotated[
-        str | None, typer.Option(help="The discount worker's /metrics, to sample its RSS.")
+        str | None,
+        typer.Option(
+            envvar="MEDBOOK_WORKER_METRICS_URL",
+            help="The discount worker's /metrics, to sample its RSS.",
+            metavar="URL",
+            show_default=False,
+        ),
     ] = None,
-    token: Annotated[
-        str | None, typer.Option(envvar="MEDBOOK_API_TOKEN", help="Bearer token, if auth is on.")
-    ] = None,
+    token: common.ApiToken = None,
     seed: Annotated[
-        int, typer.Option(help="Seed of the booking mix (same seed, same requests).")
+        int, typer.Option(help="Seed of the booking mix (same seed, same requests).", metavar="N")
     ] = 42,
-    warmup: Annotated[int, typer.Option(help="Bookings sent first and not measured.")] = 200,
+    warmup: Annotated[
+        int, typer.Option(help="Bookings sent first and not measured.", metavar="N")
+    ] = 200,
     settle_timeout: Annotated[
-        float, typer.Option(help="Seconds to wait for bookings to finish.")
+        float, typer.Option(help="Seconds to wait for bookings to finish.", metavar="SECONDS")
     ] = 120.0,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -120,8 +135,16 @@ def bench(
     that did not finish. Exits 1 if any booking is stuck or any request failed.
     """
     logging.basicConfig(level=logging.WARNING)
+    found = None if local or url else common.stack()
+    if found is not None:  # the medbook dev running here
+        url = found.api_url
+        database_url = database_url or found.database_url
+        worker_metrics_url = worker_metrics_url or found.worker_metrics_url
     if not local and not url:
-        console.print("[red]give --url of a running system, or --local to start one[/red]")
+        console.print(
+            "[red]give --url of a running system, or --local to start one (or run it against "
+            "`make dev`)[/red]"
+        )
         raise typer.Exit(2)
     if tracing and not local:
         console.print(

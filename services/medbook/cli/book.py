@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from typing import Annotated, Any
 
 import typer
@@ -39,15 +40,27 @@ def ask_gender() -> str:
         common.err().print(f"[red]choose one of {', '.join(choices)}[/red]")
 
 
+_DATE_SHAPE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def dob_problem(text: str) -> str | None:
+    """What is wrong with a date of birth as written (None: nothing), in the API's words."""
+    if not _DATE_SHAPE.fullmatch(text):
+        return "write the date as YYYY-MM-DD, e.g. 1990-04-23"
+    try:
+        dt.date.fromisoformat(text)
+    except ValueError:
+        return f"{text} is not a real calendar date"
+    return None
+
+
 def ask_dob() -> str:
     while True:
         answer = ask("Date of birth (YYYY-MM-DD)")
-        try:
-            dt.date.fromisoformat(answer)
-        except ValueError:
-            common.err().print("[red]write the date as YYYY-MM-DD, e.g. 1990-04-23[/red]")
-            continue
-        return answer
+        problem = dob_problem(answer)
+        if problem is None:
+            return answer
+        common.err().print(f"[red]{problem}[/red]")
 
 
 def pick_services(answer: str, catalog: list[dict[str, Any]]) -> list[str] | str:
@@ -66,6 +79,13 @@ def pick_services(answer: str, catalog: list[dict[str, Any]]) -> list[str] | str
         if name not in picked:
             picked.append(name)
     return picked or "choose at least one service"
+
+
+def catalog_names(names: list[str], catalog: list[dict[str, Any]]) -> list[str]:
+    """Service names as the catalog spells them, whatever their case (unknown ones as given,
+    for the API to refuse with its own message)."""
+    by_name = {item["name"].lower(): item["name"] for item in catalog}
+    return [by_name.get(name.strip().lower(), name) for name in names]
 
 
 def ask_services(catalog: list[dict[str, Any]], gender: str) -> list[str]:
@@ -121,7 +141,9 @@ async def book_main(
             fields["gender"] = ask_gender()
         if fields["dob"] is None:
             fields["dob"] = ask_dob()
-        if not fields["serviceNames"]:
+        if fields["serviceNames"]:
+            fields["serviceNames"] = catalog_names(fields["serviceNames"], await api.services())
+        else:
             catalog = await api.services(fields["gender"])
             fields["serviceNames"] = ask_services(catalog, fields["gender"])
         created = await api.create(fields, idempotency_key)
@@ -139,16 +161,21 @@ async def book_main(
         if not wait:
             return (await api.get(booking_id)) or {}
         shown = 0
+        with say.status("waiting for the saga ...", spinner="dots") as spinner:
 
-        def show(booking: dict[str, Any]) -> None:
-            nonlocal shown
-            if as_json:
-                return
-            for line in booking["history"][shown:]:
-                out.print(f"  {escape(history_text(line))}")
-            shown = len(booking["history"])
+            def show(booking: dict[str, Any]) -> None:
+                nonlocal shown
+                steps = booking["history"][shown:]
+                if as_json or not steps:
+                    return
+                # The spinner is drawn on standard error, the steps go to standard output:
+                # take it off the screen while they are printed, or it stays behind them.
+                spinner.stop()
+                for line in steps:
+                    out.print(f"  {escape(history_text(line))}")
+                shown = len(booking["history"])
+                spinner.start()
 
-        with say.status("waiting for the saga ...", spinner="dots"):
             booking = await api.wait(booking_id, within, on_change=show)
         if not as_json:
             out.print(summary(booking))
@@ -156,21 +183,36 @@ async def book_main(
 
 
 def book(
-    name: Annotated[str | None, typer.Option("--name", help="The customer's name.")] = None,
-    gender: Annotated[
-        Gender | None, typer.Option(help="Male, Female or Other.", case_sensitive=False)
+    name: Annotated[
+        str | None, typer.Option("--name", help="The customer's name.", metavar="NAME")
     ] = None,
-    dob: Annotated[str | None, typer.Option(help="Date of birth, YYYY-MM-DD.")] = None,
+    gender: Annotated[
+        Gender | None,
+        typer.Option(
+            help="Male, Female or Other (any case).", case_sensitive=False, metavar="GENDER"
+        ),
+    ] = None,
+    dob: Annotated[
+        str | None, typer.Option(help="Date of birth, YYYY-MM-DD.", metavar="DATE")
+    ] = None,
     services: Annotated[
         list[str] | None,
-        typer.Option("--service", "-s", help="A service's name (repeat for several)."),
+        typer.Option(
+            "--service",
+            "-s",
+            help="A service's name, in any case (repeat for several).",
+            metavar="NAME",
+        ),
     ] = None,
     idempotency_key: Annotated[
-        str | None, typer.Option(help="Send this Idempotency-Key (a retry returns the same).")
+        str | None,
+        typer.Option(help="Send this Idempotency-Key (a retry returns the same).", metavar="KEY"),
     ] = None,
     wait: Annotated[bool, typer.Option(help="Follow the saga until a final status.")] = True,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the saga.", min=0.1)] = 30.0,
-    url: common.ApiUrl = common.DEFAULT_API_URL,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the saga.", min=0.1, metavar="SECONDS")
+    ] = 30.0,
+    url: common.ApiUrl = None,
     token: common.ApiToken = None,
     json_output: common.JsonOutput = False,
 ) -> None:
@@ -182,11 +224,10 @@ def book(
     was accepted with --no-wait; 1 still PENDING after --timeout; 2 the API refused the request
     or cannot be reached.
     """
-    if dob is not None:
-        try:
-            dt.date.fromisoformat(dob)
-        except ValueError:
-            raise typer.BadParameter("write the date as YYYY-MM-DD", param_hint="--dob") from None
+    problem = dob_problem(dob) if dob is not None else None
+    if problem is not None:
+        raise typer.BadParameter(problem, param_hint="--dob")
+    url = common.api_url(url)
     fields: dict[str, Any] = {
         "userName": name,
         "gender": gender.value if gender else None,

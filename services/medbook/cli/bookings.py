@@ -105,12 +105,17 @@ class BookingsView:
         return Group(*parts)
 
 
-@app.command("watch")
+@app.command("watch", short_help="A live table of the most recent bookings.")
 def watch(
-    limit: Annotated[int, typer.Option(help="How many recent bookings to show.", min=1)] = 20,
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes.", min=0.1)] = 1.0,
+    limit: Annotated[
+        int, typer.Option(help="How many recent bookings to show.", min=1, metavar="N")
+    ] = 20,
+    interval: Annotated[
+        float, typer.Option(help="Seconds between refreshes.", min=0.1, metavar="SECONDS")
+    ] = 1.0,
     count: Annotated[
-        int | None, typer.Option(help="Stop after this many refreshes (default: until Ctrl-C).")
+        int | None,
+        typer.Option(help="Stop after this many refreshes (default: until Ctrl-C).", metavar="N"),
     ] = None,
     database_url: common.DatabaseUrl = None,
 ) -> None:
@@ -128,7 +133,7 @@ def watch(
 # -- stats ---------------------------------------------------------------------------------
 
 
-@app.command("stats")
+@app.command("stats", short_help="Counts by status and reason, rates, end-to-end times.")
 def stats(
     since: Duration = "60m",
     database_url: common.DatabaseUrl = None,
@@ -214,7 +219,7 @@ def describe(counts: Counter[str] | dict[str, int]) -> str:
     return ", ".join(parts) if parts else "none"
 
 
-@app.command("purge")
+@app.command("purge", short_help="Delete old bookings, never breaking the saga.")
 def purge(
     older_than: Annotated[
         str,
@@ -230,7 +235,9 @@ def purge(
     ] = False,
     dry_run: Annotated[bool, typer.Option(help="Only say what would be deleted.")] = False,
     yes: common.Yes = False,
-    batch: Annotated[int, typer.Option(help="Bookings deleted per transaction.", min=1)] = 1000,
+    batch: Annotated[
+        int, typer.Option(help="Bookings deleted per transaction.", min=1, metavar="N")
+    ] = 1000,
     database_url: common.DatabaseUrl = None,
     json_output: common.JsonOutput = False,
 ) -> None:

@@ -1,10 +1,12 @@
 """What every ``medbook`` subcommand shares: settings, connections, exit codes, output.
 
-Settings come from the same environment as the services (``MEDBOOK_*`` and the
-reference's ``DB_*``, ``REDIS_*``, ``RABBITMQ_URL``), through the services' own
-settings classes, and each can be overridden by a flag. A server that cannot
-be reached is reported in one line and exits with :data:`EXIT_USAGE`, never
-with a traceback.
+Where each server is: a flag, else the same environment as the services
+(``MEDBOOK_*`` and the reference's ``DB_*``, ``REDIS_*``, ``RABBITMQ_URL``),
+read through the services' own settings classes, else the ``medbook dev``
+running in this checkout (its stack file, :mod:`medbook.devstack.discovery`),
+else the servers' standard local ports. A server that cannot be reached is
+reported in one line that says how to point the command at it, and exits with
+:data:`EXIT_USAGE`, never with a traceback.
 """
 
 from __future__ import annotations
@@ -20,10 +22,14 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import annotated_types
 import typer
+from pydantic import BaseModel
+from pydantic_settings import BaseSettings
 from rich.console import Console
 
 from medbook.config import PolicyDefaults, PostgresSettings, RabbitSettings, RedisSettings
+from medbook.devstack import discovery
 
 T = TypeVar("T")
 
@@ -41,16 +47,25 @@ def _width(terminal: bool) -> int | None:
     return None if terminal or os.environ.get("COLUMNS") else 200
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """The reader went away (``medbook ... | head``): end quietly with 0, as a pipeline
+        expects (rich's own choice is exit status 1)."""
+        self.quiet = True
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(EXIT_OK)
+
+
 def out() -> Console:
     """Standard output (results)."""
     terminal = sys.stdout.isatty()
-    return Console(highlight=False, width=_width(terminal), soft_wrap=not terminal)
+    return _Console(highlight=False, width=_width(terminal), soft_wrap=not terminal)
 
 
 def err() -> Console:
     """Standard error (progress, warnings, errors)."""
     terminal = sys.stderr.isatty()
-    return Console(stderr=True, highlight=False, width=_width(terminal), soft_wrap=not terminal)
+    return _Console(stderr=True, highlight=False, width=_width(terminal), soft_wrap=not terminal)
 
 
 def mask(url: str) -> str:
@@ -65,12 +80,37 @@ def mask(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+# How to say where each server is: (flag, variable).
+POINTERS: Final = {
+    "the booking API": ("--url", "MEDBOOK_API_URL"),
+    "PostgreSQL": ("--database-url", "MEDBOOK_DATABASE_URL"),
+    "Redis": ("--redis-url", "MEDBOOK_REDIS_URL"),
+    "RabbitMQ": ("--amqp-url", "MEDBOOK_RABBITMQ_URL"),
+    "the discount worker's metrics": ("--worker-metrics-url", "MEDBOOK_WORKER_METRICS_URL"),
+}
+
+
+def how_to_point(what: str) -> str:
+    """The end of an "unreachable" message: where the address came from, how to give another."""
+    flag, variable = POINTERS.get(what, ("a flag", "a variable"))
+    found = stack()
+    if found is not None:
+        return (
+            f"(the address of the medbook dev running on {found.data_dir}; give {flag} or "
+            f"set {variable} for another system)"
+        )
+    return (
+        f"(no medbook dev is running here: start one with `make dev`, or give {flag} or set "
+        f"{variable}; `medbook dev env` prints a running stack's settings)"
+    )
+
+
 class Unreachable(Exception):
     """A server the command needs cannot be reached (or refuses us)."""
 
     def __init__(self, what: str, target: str, cause: BaseException | str) -> None:
         reason = cause if isinstance(cause, str) else (str(cause) or type(cause).__name__)
-        super().__init__(f"cannot reach {what} at {mask(target)}: {reason}")
+        super().__init__(f"cannot reach {what} at {mask(target)}: {reason} {how_to_point(what)}")
 
 
 class UsageProblem(Exception):
@@ -84,9 +124,14 @@ class CheckFailed(Exception):
 # -- options shared by the subcommands -----------------------------------------------
 
 ApiUrl = Annotated[
-    str,
+    str | None,
     typer.Option(
-        "--url", envvar="MEDBOOK_API_URL", help="Booking API of the running system.", metavar="URL"
+        "--url",
+        envvar="MEDBOOK_API_URL",
+        help="Booking API of the running system (default: the medbook dev running here, "
+        f"else {DEFAULT_API_URL}).",
+        metavar="URL",
+        show_default=False,
     ),
 ]
 ApiToken = Annotated[
@@ -96,13 +141,15 @@ ApiToken = Annotated[
         envvar="MEDBOOK_API_TOKEN",
         help="Bearer token, when the API requires one.",
         show_default=False,
+        metavar="TOKEN",
     ),
 ]
 DatabaseUrl = Annotated[
     str | None,
     typer.Option(
         "--database-url",
-        help="PostgreSQL URL (default: MEDBOOK_DATABASE_URL, or the DB_* variables).",
+        help="PostgreSQL URL (default: MEDBOOK_DATABASE_URL, or the DB_* variables, else the "
+        "medbook dev running here).",
         show_default=False,
         metavar="URL",
     ),
@@ -111,7 +158,8 @@ RedisUrl = Annotated[
     str | None,
     typer.Option(
         "--redis-url",
-        help="Redis URL (default: MEDBOOK_REDIS_URL, or the REDIS_* variables).",
+        help="Redis URL (default: MEDBOOK_REDIS_URL, or the REDIS_* variables, else the "
+        "medbook dev running here).",
         show_default=False,
         metavar="URL",
     ),
@@ -120,7 +168,8 @@ AmqpUrl = Annotated[
     str | None,
     typer.Option(
         "--amqp-url",
-        help="RabbitMQ URL (default: MEDBOOK_RABBITMQ_URL or RABBITMQ_URL).",
+        help="RabbitMQ URL (default: MEDBOOK_RABBITMQ_URL or RABBITMQ_URL, else the medbook "
+        "dev running here).",
         show_default=False,
         metavar="URL",
     ),
@@ -132,23 +181,103 @@ PolicyRefresh = Annotated[
         help="Seconds the worker takes to re-read the policy "
         "(default: MEDBOOK_POLICY_REFRESH, or 1).",
         show_default=False,
+        metavar="SECONDS",
     ),
 ]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
 
+def field_bounds(model: type[BaseModel], name: str) -> dict[str, Any]:
+    """A number field's bounds as ``typer.Option`` arguments (``min``, ``max``): the option
+    refuses what the service would refuse, with the numbers written once, in its model."""
+    bounds: dict[str, Any] = {}
+    for rule in model.model_fields[name].metadata:
+        if isinstance(rule, annotated_types.Ge):
+            bounds["min"] = rule.ge
+        elif isinstance(rule, annotated_types.Le):
+            bounds["max"] = rule.le
+        elif isinstance(rule, annotated_types.Gt | annotated_types.Lt):
+            raise TypeError(f"{model.__name__}.{name}: an open bound; check it in a callback")
+    return bounds
+
+
+def must_be_positive(value: float) -> float:
+    """A ``typer.Option`` callback for a number of seconds that must be above 0."""
+    if value <= 0:
+        raise typer.BadParameter(f"{value:g} is not above 0")
+    return value
+
+
+_found: dict[tuple[str, str | None], discovery.StackInfo | None] = {}
+
+
+def stack() -> discovery.StackInfo | None:
+    """The ``medbook dev`` running here, None when there is none (looked up once per place)."""
+    here = (os.getcwd(), os.environ.get(discovery.DATA_ENV))
+    if here not in _found:
+        _found[here] = discovery.find()
+    return _found[here]
+
+
+def _configured(settings: type[BaseSettings], *fields: str) -> bool:
+    """Does the environment set any of these settings (by any of their names)?"""
+    for name in fields:
+        names = getattr(settings.model_fields[name].validation_alias, "choices", ())
+        if any(variable in os.environ for variable in names):
+            return True
+    return False
+
+
+def database_configured() -> bool:
+    """Does the environment say where PostgreSQL is (MEDBOOK_DATABASE_URL, DB_HOST, ...)?"""
+    return _configured(PostgresSettings, "url", "host", "port", "user", "password", "name")
+
+
+def api_url(given: str | None) -> str:
+    """--url or MEDBOOK_API_URL, else the running medbook dev's API, else the default."""
+    if given:
+        return given
+    found = stack()
+    return found.api_url if found else DEFAULT_API_URL
+
+
 def database_dsn(override: str | None) -> str:
     if override:
         return PostgresSettings(url=override).dsn
+    found = stack()
+    if found is not None and not _configured(
+        PostgresSettings, "url", "host", "port", "user", "password", "name"
+    ):
+        return found.database_url
     return PostgresSettings().dsn
 
 
 def redis_dsn(override: str | None) -> str:
-    return override or RedisSettings().dsn
+    if override:
+        return override
+    found = stack()
+    if found is not None and not _configured(
+        RedisSettings, "url", "host", "port", "password", "db"
+    ):
+        return found.redis_url
+    return RedisSettings().dsn
 
 
 def amqp_dsn(override: str | None) -> str:
-    return override or RabbitSettings().url.get_secret_value()
+    if override:
+        return override
+    found = stack()
+    if found is not None and not _configured(RabbitSettings, "url"):
+        return found.amqp_url
+    return RabbitSettings().url.get_secret_value()
+
+
+def worker_metrics_url(given: str | None) -> str | None:
+    """--worker-metrics-url or MEDBOOK_WORKER_METRICS_URL, else the running medbook dev's."""
+    if given:
+        return given
+    found = stack()
+    return found.worker_metrics_url if found else None
 
 
 def policy_refresh_seconds() -> float:
@@ -235,7 +364,7 @@ def run(main: Coroutine[Any, Any, T], *, interrupt_ok: bool = False) -> T:
     except CheckFailed as exc:
         err().print(f"[red]failed:[/red] {exc}")
         raise typer.Exit(EXIT_FAILED) from None
-    except typer.Exit:
+    except (typer.Exit, BrokenPipeError):  # the reader went away: see cli/main.py
         raise
     except Exception as exc:
         import httpx

@@ -77,6 +77,7 @@ QueueOption = Annotated[
         "-q",
         help="discount or booking: whose dead letters (default: both).",
         show_default=False,
+        metavar="QUEUE",
     ),
 ]
 Selectors = Annotated[
@@ -84,12 +85,15 @@ Selectors = Annotated[
     typer.Argument(
         help="Messages: their ref (as `list` shows it), message id or booking id.",
         show_default=False,
+        metavar="SELECTOR",
     ),
 ]
 Scan = Annotated[
     int,
     typer.Option(
-        help="Read at most this many messages per queue (the rest are not looked at).", min=1
+        help="Read at most this many messages per queue (the rest are not looked at).",
+        min=1,
+        metavar="N",
     ),
 ]
 
@@ -250,10 +254,10 @@ async def collect(
     return found
 
 
-@app.command("list")
+@app.command("list", short_help="How many dead letters each queue holds, and why.")
 def list_(
     queue: QueueOption = None,
-    limit: Annotated[int, typer.Option(help="Messages shown per queue.", min=1)] = 20,
+    limit: Annotated[int, typer.Option(help="Messages shown per queue.", min=1, metavar="N")] = 20,
     scan: Scan = 10_000,
     amqp_url: common.AmqpUrl = None,
     json_output: common.JsonOutput = False,
@@ -309,7 +313,7 @@ def list_(
             console.print(f"    {n:>6}  {escape(reason)}")
 
 
-@app.command("show")
+@app.command("show", short_help="Everything about the selected dead letters.")
 def show(
     selectors: Selectors = None,
     queue: QueueOption = None,
@@ -490,7 +494,7 @@ async def replay_batch(
                 moved.done.append(letter)
 
 
-@app.command("replay")
+@app.command("replay", short_help="Put dead letters back into the saga, after a fix.")
 def replay(
     selectors: Selectors = None,
     scan: Scan = 10_000,
@@ -522,7 +526,7 @@ def replay(
     report(moved, "replayed", json_output, everything)
 
 
-@app.command("purge")
+@app.command("purge", short_help="Delete dead letters for good.")
 def purge(
     selectors: Selectors = None,
     scan: Scan = 10_000,

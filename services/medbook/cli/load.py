@@ -30,23 +30,38 @@ from medbook.contracts import QUOTA_EXHAUSTED_REASON
 from medbook.discount.maintenance import QuotaMaintenance
 from medbook.discount.quota import QuotaStore
 
-app = typer.Typer(help="Load tests on the benchmark's engine.")
+app = typer.Typer(help="Load tests on the benchmark's engine.", subcommand_metavar="[quota]")
 
 ShowProgress = Annotated[bool, typer.Option(help="Live progress bars (on a terminal).")]
-Seed = Annotated[int, typer.Option(help="Seed of the booking mix (same seed, same requests).")]
+Seed = Annotated[
+    int, typer.Option(help="Seed of the booking mix (same seed, same requests).", metavar="N")
+]
 SettleTimeout = Annotated[
-    float, typer.Option(help="Seconds to wait for the bookings to finish (else: stuck).", min=0)
+    float,
+    typer.Option(
+        help="Seconds to wait for the bookings to finish (else: stuck).", min=0, metavar="SECONDS"
+    ),
 ]
 DatabaseForStates = Annotated[
     str | None,
     typer.Option(
         "--database-url",
         envvar="MEDBOOK_DATABASE_URL",
-        help="Read final states from PostgreSQL (else from the API).",
+        help="Read final states from PostgreSQL (default: the medbook dev running here, "
+        "else they are read from the API).",
         show_default=False,
         metavar="URL",
     ),
 ]
+
+
+def states_from(database_url: str | None) -> str | None:
+    """Where final states are read: the given database, the running medbook dev's, else the API
+    (None)."""
+    if database_url:
+        return database_url
+    found = common.stack()
+    return found.database_url if found else None
 
 
 def parse_mix(text: str) -> dict[str, float]:
@@ -163,24 +178,34 @@ async def run_load(
 @app.callback(invoke_without_command=True)
 def load(
     ctx: typer.Context,
-    users: Annotated[int, typer.Option("--users", "-u", help="Concurrent users.", min=1)] = 10,
+    users: Annotated[
+        int, typer.Option("--users", "-u", help="Concurrent users.", min=1, metavar="N")
+    ] = 10,
     requests_per_user: Annotated[
         int,
-        typer.Option("--requests-per-user", "-r", help="Bookings each user sends in turn.", min=1),
+        typer.Option(
+            "--requests-per-user",
+            "-r",
+            help="Bookings each user sends in turn.",
+            min=1,
+            metavar="N",
+        ),
     ] = 10,
     ramp_up: Annotated[
-        float, typer.Option(help="Seconds over which the users start, evenly.", min=0)
+        float,
+        typer.Option(help="Seconds over which the users start, evenly.", min=0, metavar="SECONDS"),
     ] = 0.0,
     mix: Annotated[
         str,
         typer.Option(
             help="Weights of the booking kinds: birthday (eligible), high_value (eligible), "
-            "plain, blocked, male (a man on his birthday: not eligible)."
+            "plain, blocked, male (a man on his birthday: not eligible).",
+            metavar="WEIGHTS",
         ),
     ] = ",".join(f"{k}={v:g}" for k, v in DEFAULT_MIX.items()),
     seed: Seed = 42,
     settle_timeout: SettleTimeout = 120.0,
-    url: common.ApiUrl = common.DEFAULT_API_URL,
+    url: common.ApiUrl = None,
     token: common.ApiToken = None,
     database_url: DatabaseForStates = None,
     redis_url: common.RedisUrl = None,
@@ -200,6 +225,8 @@ def load(
     if ctx.invoked_subcommand is not None:
         return
     weights = parse_mix(mix)
+    url = common.api_url(url)
+    database_url = states_from(database_url)
 
     async def main() -> LoadReport:
         async with BookingApi(url, token):  # fail early, and clearly, when the API is away
@@ -237,10 +264,13 @@ def eligible_kind(view: PolicyView) -> str:
     raise UsageProblem("the policy makes none of the load mix's bookings eligible")
 
 
-@app.command("quota")
+@app.command("quota", short_help="More eligible bookings than the quota has room for.")
 def load_quota(
     extra: Annotated[
-        int, typer.Option(help="Bookings sent beyond the room left in today's quota.", min=1)
+        int,
+        typer.Option(
+            help="Bookings sent beyond the room left in today's quota.", min=1, metavar="N"
+        ),
     ] = 20,
     limit: Annotated[
         int | None,
@@ -249,15 +279,16 @@ def load_quota(
             "restore it (default: keep the limit).",
             min=0,
             show_default=False,
+            metavar="N",
         ),
     ] = None,
     concurrency: Annotated[
-        int, typer.Option("--concurrency", "-c", help="Concurrent clients.", min=1)
+        int, typer.Option("--concurrency", "-c", help="Concurrent clients.", min=1, metavar="N")
     ] = 16,
     seed: Seed = 42,
     settle_timeout: SettleTimeout = 120.0,
     policy_refresh: common.PolicyRefresh = None,
-    url: common.ApiUrl = common.DEFAULT_API_URL,
+    url: common.ApiUrl = None,
     token: common.ApiToken = None,
     database_url: DatabaseForStates = None,
     redis_url: common.RedisUrl = None,
@@ -272,6 +303,8 @@ def load_quota(
     reached or a bad option.
     """
     refresh = policy_refresh if policy_refresh is not None else common.policy_refresh_seconds()
+    url = common.api_url(url)
+    database_url = states_from(database_url)
 
     async def main() -> tuple[LoadReport, Outcome, dict[str, Any]]:
         say = common.err().print

@@ -31,7 +31,10 @@ app = typer.Typer(
 
 Day = Annotated[
     str | None,
-    typer.Option(help="A quota day, YYYY-MM-DD (default: today in the policy's time zone)."),
+    typer.Option(
+        help="A quota day, YYYY-MM-DD (default: today in the policy's time zone).",
+        metavar="DATE",
+    ),
 ]
 
 
@@ -104,7 +107,7 @@ def render_usage(u: Usage) -> Group:
     return Group(*lines)
 
 
-@app.command("get")
+@app.command("get", short_help="Today's usage and limit (--ids: who holds a unit).")
 def get(
     day: Day = None,
     ids: Annotated[bool, typer.Option("--ids", help="List the bookings holding a unit.")] = False,
@@ -125,7 +128,7 @@ def get(
         common.out().print(render_usage(result))
 
 
-@app.command("reset")
+@app.command("reset", short_help="Drop a day's reservations: discounts again up to the limit.")
 def reset(
     day: Day = None,
     yes: common.Yes = False,
@@ -196,7 +199,7 @@ def days_table(days: list[DayKeys]) -> Table:
     return table
 
 
-@app.command("keys")
+@app.command("keys", short_help="Every quota day in Redis, with its keys and expiry.")
 def keys(redis_url: common.RedisUrl = None, json_output: common.JsonOutput = False) -> None:
     """List every quota day in Redis (today, past and future days) with its counter, its
     reservations and when its keys expire. Uses SCAN, never KEYS."""
@@ -215,7 +218,7 @@ def keys(redis_url: common.RedisUrl = None, json_output: common.JsonOutput = Fal
         common.out().print(days_table(days))
 
 
-@app.command("clean")
+@app.command("clean", short_help="Delete the keys of past quota days.")
 def clean(
     yes: common.Yes = False,
     dry_run: Annotated[bool, typer.Option(help="Only say what would be deleted.")] = False,
@@ -251,11 +254,14 @@ def clean(
     common.run(main())
 
 
-@app.command("watch")
+@app.command("watch", short_help="A live view of today's used vs limit.")
 def watch(
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes.", min=0.1)] = 1.0,
+    interval: Annotated[
+        float, typer.Option(help="Seconds between refreshes.", min=0.1, metavar="SECONDS")
+    ] = 1.0,
     count: Annotated[
-        int | None, typer.Option(help="Stop after this many refreshes (default: until Ctrl-C).")
+        int | None,
+        typer.Option(help="Stop after this many refreshes (default: until Ctrl-C).", metavar="N"),
     ] = None,
     redis_url: common.RedisUrl = None,
 ) -> None:

@@ -699,13 +699,22 @@ async def run_scenarios(
 
 
 def scenario(
-    name: Annotated[Name, typer.Argument(help="Which scenario; all runs every one in turn.")],
-    url: common.ApiUrl = common.DEFAULT_API_URL,
+    name: Annotated[
+        Name,
+        typer.Argument(
+            help="positive, blocked, no-discount, quota, edge, or all (every one in turn).",
+            metavar="SCENARIO",
+        ),
+    ],
+    url: common.ApiUrl = None,
     token: common.ApiToken = None,
     redis_url: common.RedisUrl = None,
     amqp_url: common.AmqpUrl = None,
     timeout: Annotated[
-        float, typer.Option(help="Seconds to wait for each booking to finish.", min=0.1)
+        float,
+        typer.Option(
+            help="Seconds to wait for each booking to finish.", min=0.1, metavar="SECONDS"
+        ),
     ] = 30.0,
     policy_refresh: common.PolicyRefresh = None,
     json_output: common.JsonOutput = False,
@@ -723,6 +732,7 @@ def scenario(
     Exit status: 0 every check passed, 1 a check failed, 2 a server cannot be reached.
     """
     names = list(ORDER) if name is Name.ALL else [name]
+    url = common.api_url(url)
     refresh = policy_refresh if policy_refresh is not None else common.policy_refresh_seconds()
     outcomes = common.run(
         run_scenarios(
