@@ -78,7 +78,8 @@ class BookingApi:
         response = await self.client.get("/booking/services", params=params)
         self._check_auth(response)
         response.raise_for_status()
-        return response.json()
+        catalog: list[dict[str, Any]] = response.json()
+        return catalog
 
     async def create(self, body: dict[str, Any], idempotency_key: str | None = None) -> Created:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
@@ -96,7 +97,8 @@ class BookingApi:
         if response.status_code == 404:
             return None
         response.raise_for_status()
-        return response.json()
+        booking: dict[str, Any] = response.json()
+        return booking
 
     async def cancel(self, booking_id: str) -> tuple[int, dict[str, Any]]:
         response = await self.client.post(f"/booking/{booking_id}/cancel")

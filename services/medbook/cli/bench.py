@@ -78,6 +78,13 @@ def local_system(bookings: int, tracing: bool) -> Iterator[tuple[DevStack, str |
                 sink.wait(10)
 
 
+async def reachable(url: str, token: str | None) -> None:
+    from medbook.cli.api import BookingApi
+
+    async with BookingApi(url, token):  # one line (exit status 2) when nothing answers there
+        pass
+
+
 def bench(
     bookings: Annotated[
         int, typer.Option("--bookings", "-n", min=1, help="How many bookings (N).", metavar="N")
@@ -85,67 +92,33 @@ def bench(
     concurrency: Annotated[
         int, typer.Option("--concurrency", "-c", min=1, help="Concurrent clients (C).", metavar="C")
     ] = 64,
-    url: Annotated[
-        str | None,
-        typer.Option(
-            envvar="MEDBOOK_API_URL",
-            help="Booking API of a running system (default: the medbook dev running here).",
-            metavar="URL",
-            show_default=False,
-        ),
-    ] = None,
+    url: common.ApiUrl = None,
     local: Annotated[
         bool, typer.Option(help="Start a fresh local system for the run, then stop it.")
     ] = False,
     tracing: Annotated[
         bool, typer.Option(help="--local only: record every span and export it over OTLP/HTTP.")
     ] = False,
-    database_url: Annotated[
-        str | None,
-        typer.Option(
-            envvar="MEDBOOK_DATABASE_URL",
-            help="Read final states from PostgreSQL (else from the API).",
-            metavar="URL",
-            show_default=False,
-        ),
-    ] = None,
-    worker_metrics_url: Annotated[
-        str | None,
-        typer.Option(
-            envvar="MEDBOOK_WORKER_METRICS_URL",
-            help="The discount worker's /metrics, to sample its RSS.",
-            metavar="URL",
-            show_default=False,
-        ),
-    ] = None,
+    database_url: common.StatesDatabaseUrl = None,
+    worker_metrics_url: common.WorkerMetricsUrl = None,
     token: common.ApiToken = None,
-    seed: Annotated[
-        int, typer.Option(help="Seed of the booking mix (same seed, same requests).", metavar="N")
-    ] = 42,
+    seed: common.Seed = 42,
     warmup: Annotated[
         int, typer.Option(help="Bookings sent first and not measured.", metavar="N")
     ] = 200,
-    settle_timeout: Annotated[
-        float, typer.Option(help="Seconds to wait for bookings to finish.", metavar="SECONDS")
-    ] = 120.0,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    settle_timeout: common.SettleTimeout = 120.0,
+    json_output: common.JsonOutput = False,
 ) -> None:
     """Send N bookings at concurrency C and report create and saga throughput, latency
     percentiles (end-to-end from the server's stored timestamps), peak RSS, and every booking
     that did not finish. Exits 1 if any booking is stuck or any request failed.
     """
     logging.basicConfig(level=logging.WARNING)
-    found = None if local or url else common.stack()
-    if found is not None:  # the medbook dev running here
-        url = found.api_url
-        database_url = database_url or found.database_url
-        worker_metrics_url = worker_metrics_url or found.worker_metrics_url
-    if not local and not url:
-        console.print(
-            "[red]give --url of a running system, or --local to start one (or run it against "
-            "`make dev`)[/red]"
-        )
-        raise typer.Exit(2)
+    if not local:  # a running system: the flag, the variable, the medbook dev running here
+        url = common.api_url(url)
+        database_url = common.states_database(database_url)
+        worker_metrics_url = common.worker_metrics_url(worker_metrics_url)
+        common.run(reachable(url, token))
     if tracing and not local:
         console.print(
             "[red]--tracing applies to --local (a running system traces as it is configured)[/red]"

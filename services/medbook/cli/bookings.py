@@ -15,7 +15,7 @@ from collections import Counter
 from typing import Annotated, Any
 
 import typer
-from rich.console import Group
+from rich.console import Group, JustifyMethod
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -73,7 +73,7 @@ class BookingsView:
         )
         # The short columns keep their width; the last step takes what is left, cut with "...".
         for column in ("booking", "user", "status", "price", "age"):
-            justify = "right" if column in ("price", "age") else "left"
+            justify: JustifyMethod = "right" if column in ("price", "age") else "left"
             table.add_column(column, justify=justify, no_wrap=True)
         table.add_column("last step")
         for row in rows:
@@ -110,13 +110,8 @@ def watch(
     limit: Annotated[
         int, typer.Option(help="How many recent bookings to show.", min=1, metavar="N")
     ] = 20,
-    interval: Annotated[
-        float, typer.Option(help="Seconds between refreshes.", min=0.1, metavar="SECONDS")
-    ] = 1.0,
-    count: Annotated[
-        int | None,
-        typer.Option(help="Stop after this many refreshes (default: until Ctrl-C).", metavar="N"),
-    ] = None,
+    interval: common.Interval = 1.0,
+    count: common.Refreshes = None,
     database_url: common.DatabaseUrl = None,
 ) -> None:
     """A live table of the most recent bookings (status, price, age, last step) and the status
@@ -150,7 +145,7 @@ def stats(
             rows = await bookings.outcomes(dt.datetime.now(dt.UTC) - window)
             oldest = (await bookings.backlog()).oldest_pending_at
         minutes = window.total_seconds() / 60
-        groups = [
+        groups: list[dict[str, Any]] = [
             {
                 "status": r.status,
                 "reason": r.reason,

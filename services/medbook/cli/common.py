@@ -19,7 +19,7 @@ import re
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Annotated, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import annotated_types
@@ -30,6 +30,9 @@ from rich.console import Console
 
 from medbook.config import PolicyDefaults, PostgresSettings, RabbitSettings, RedisSettings
 from medbook.devstack import discovery
+
+if TYPE_CHECKING:
+    from medbook.discount.policy import QuotaPolicy
 
 T = TypeVar("T")
 
@@ -174,6 +177,47 @@ AmqpUrl = Annotated[
         metavar="URL",
     ),
 ]
+WorkerMetricsUrl = Annotated[
+    str | None,
+    typer.Option(
+        envvar="MEDBOOK_WORKER_METRICS_URL",
+        help="The discount worker's /metrics (default: the medbook dev running here).",
+        metavar="URL",
+        show_default=False,
+    ),
+]
+StatesDatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar="MEDBOOK_DATABASE_URL",
+        help="Read final states from PostgreSQL (default: the medbook dev running here, "
+        "else they are read from the API).",
+        show_default=False,
+        metavar="URL",
+    ),
+]
+Seed = Annotated[
+    int, typer.Option(help="Seed of the booking mix (same seed, same requests).", metavar="N")
+]
+SettleTimeout = Annotated[
+    float,
+    typer.Option(
+        help="Seconds to wait for the bookings to finish (else: stuck).", min=0, metavar="SECONDS"
+    ),
+]
+Interval = Annotated[
+    float, typer.Option(help="Seconds between refreshes.", min=0.1, metavar="SECONDS")
+]
+Refreshes = Annotated[
+    int | None,
+    typer.Option(
+        "--count",
+        help="Stop after this many refreshes (default: until Ctrl-C).",
+        min=1,
+        metavar="N",
+    ),
+]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 PolicyRefresh = Annotated[
     float | None,
@@ -270,6 +314,15 @@ def amqp_dsn(override: str | None) -> str:
     if found is not None and not _configured(RabbitSettings, "url"):
         return found.amqp_url
     return RabbitSettings().url.get_secret_value()
+
+
+def states_database(given: str | None) -> str | None:
+    """Where final states are read: the given database, the running medbook dev's, else the API
+    (None)."""
+    if given:
+        return given
+    found = stack()
+    return found.database_url if found else None
 
 
 def worker_metrics_url(given: str | None) -> str | None:
@@ -431,7 +484,7 @@ def human_duration(delta: dt.timedelta | float) -> str:
 class PolicyView:
     """The quota policy in force and where it comes from."""
 
-    policy: Any  # QuotaPolicy
+    policy: QuotaPolicy
     published: bool
     owner: str | None
 

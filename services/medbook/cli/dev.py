@@ -16,9 +16,10 @@ import shlex
 import signal
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 
@@ -50,53 +51,35 @@ DataDir = Annotated[
 ]
 
 
+def port(envvar: str, help: str, model: type[BaseModel], field: str) -> Any:
+    """A port option, refused outside the bounds the service itself gives that port."""
+    bounds = common.field_bounds(model, field)
+    return typer.Option(envvar=envvar, help=help, metavar="PORT", **bounds)
+
+
 @app.callback(invoke_without_command=True)
 def dev(
     ctx: typer.Context,
     data_dir: DataDir = Path(discovery.DEFAULT_DATA_DIR),
     postgres_port: Annotated[
-        int,
-        typer.Option(
-            envvar="MEDBOOK_DEV_POSTGRES_PORT",
-            help="PostgreSQL's port.",
-            metavar="PORT",
-            **common.field_bounds(PostgresSettings, "port"),
-        ),
+        int, port("MEDBOOK_DEV_POSTGRES_PORT", "PostgreSQL's port.", PostgresSettings, "port")
     ] = POSTGRES_PORT,
     redis_port: Annotated[
-        int,
-        typer.Option(
-            envvar="MEDBOOK_DEV_REDIS_PORT",
-            help="Redis's port.",
-            metavar="PORT",
-            **common.field_bounds(RedisSettings, "port"),
-        ),
+        int, port("MEDBOOK_DEV_REDIS_PORT", "Redis's port.", RedisSettings, "port")
     ] = REDIS_PORT,
     amqp_port: Annotated[
-        int,
-        typer.Option(
-            envvar="MEDBOOK_DEV_AMQP_PORT",
-            help="RabbitMQ's AMQP port.",
-            metavar="PORT",
-            **common.field_bounds(BookingSettings, "port"),
-        ),
+        int, port("MEDBOOK_DEV_AMQP_PORT", "RabbitMQ's AMQP port.", BookingSettings, "port")
     ] = AMQP_PORT,
     http_port: Annotated[
-        int,
-        typer.Option(
-            envvar="MEDBOOK_DEV_HTTP_PORT",
-            help="The booking API's port.",
-            metavar="PORT",
-            **common.field_bounds(BookingSettings, "port"),
-        ),
+        int, port("MEDBOOK_DEV_HTTP_PORT", "The booking API's port.", BookingSettings, "port")
     ] = HTTP_PORT,
     metrics_port: Annotated[
         int,
-        typer.Option(
-            envvar="MEDBOOK_DEV_METRICS_PORT",
-            help="The discount worker's health and metrics port.",
-            metavar="PORT",
-            **common.field_bounds(DiscountSettings, "metrics_port"),
+        port(
+            "MEDBOOK_DEV_METRICS_PORT",
+            "The discount worker's health and metrics port.",
+            DiscountSettings,
+            "metrics_port",
         ),
     ] = METRICS_PORT,
     sweep_every: Annotated[
@@ -220,16 +203,19 @@ def env(ctx: typer.Context) -> None:
 
     Exit status: 0, or 1 when no medbook dev is running on the data folder."""
     given = ctx.parent.params.get("data_dir") if ctx.parent else None
-    explicit = given is not None and (
-        os.environ.get(discovery.DATA_ENV) or Path(given) != Path(discovery.DEFAULT_DATA_DIR)
-    )
-    if explicit:
-        info = discovery.read(Path(given).absolute())
+    folder = Path(given).absolute() if given is not None else None
+    # --data-dir (or MEDBOOK_DEV_DATA) names the folder; else it is looked for, as the
+    # commands look for it: .data here or above.
+    if folder is not None and (
+        os.environ.get(discovery.DATA_ENV) or folder != Path(discovery.DEFAULT_DATA_DIR).absolute()
+    ):
+        info = discovery.read(folder)
         found = info if info is not None and info.state == "running" and info.alive() else None
+        where = str(folder)
     else:
         found = discovery.find()
+        where = "this folder or above it"
     if found is None:
-        where = Path(given).absolute() if explicit else "this folder or above it"
         console.print(f"no medbook dev is running on {where} (start one with `make dev`)")
         raise typer.Exit(common.EXIT_FAILED)
     for name, value in found.exports().items():

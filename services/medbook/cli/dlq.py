@@ -25,6 +25,7 @@ from typing import Annotated, Any
 import aio_pika
 import typer
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from rich.console import JustifyMethod
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -148,7 +149,7 @@ class Letter:
 
 
 def read_letter(queue: str, position: int, message: AbstractIncomingMessage) -> Letter:
-    headers = dict(message.headers or {})
+    headers: dict[str, Any] = dict(message.headers or {})  # AMQP field values: checked below
     reason = headers.get(DEAD_LETTER_REASON_HEADER)
     tries = headers.get(DEAD_LETTER_TRIES_HEADER)
     original = headers.get(DEAD_LETTER_QUEUE_HEADER)
@@ -289,7 +290,7 @@ def list_(
             continue
         table = Table(title=f"{name}: {count} message(s)", title_justify="left")
         for column in ("#", "ref", "type", "booking", "tries", "dead-lettered"):
-            justify = "right" if column in ("#", "tries") else "left"
+            justify: JustifyMethod = "right" if column in ("#", "tries") else "left"
             table.add_column(column, justify=justify, no_wrap=True)
         table.add_column("reason")  # takes what is left, cut with "..." (`show` has it all)
         for x in letters[:limit]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -33,35 +32,6 @@ from medbook.discount.quota import QuotaStore
 app = typer.Typer(help="Load tests on the benchmark's engine.", subcommand_metavar="[quota]")
 
 ShowProgress = Annotated[bool, typer.Option(help="Live progress bars (on a terminal).")]
-Seed = Annotated[
-    int, typer.Option(help="Seed of the booking mix (same seed, same requests).", metavar="N")
-]
-SettleTimeout = Annotated[
-    float,
-    typer.Option(
-        help="Seconds to wait for the bookings to finish (else: stuck).", min=0, metavar="SECONDS"
-    ),
-]
-DatabaseForStates = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        envvar="MEDBOOK_DATABASE_URL",
-        help="Read final states from PostgreSQL (default: the medbook dev running here, "
-        "else they are read from the API).",
-        show_default=False,
-        metavar="URL",
-    ),
-]
-
-
-def states_from(database_url: str | None) -> str | None:
-    """Where final states are read: the given database, the running medbook dev's, else the API
-    (None)."""
-    if database_url:
-        return database_url
-    found = common.stack()
-    return found.database_url if found else None
 
 
 def parse_mix(text: str) -> dict[str, float]:
@@ -127,16 +97,6 @@ class LiveProgress:
     def on_settled(self, n: int) -> None:
         self.progress.update(self.done, completed=n)
 
-    def callbacks(self) -> dict[str, Callable[[int], None]]:
-        """The run's progress callbacks; none at all when no bar is drawn (nothing to count)."""
-        if not self.enabled:
-            return {}
-        return {
-            "on_created": self.on_created,
-            "on_failed": self.on_failed,
-            "on_settled": self.on_settled,
-        }
-
 
 async def policy_or_defaults(redis_url: str, quiet: bool) -> PolicyView:
     """The policy in force (for "today" and the blocked user); defaults when Redis is away."""
@@ -171,7 +131,16 @@ async def run_load(
     async with BookingApi(url, token):  # fail early, and clearly, when the API is away
         pass
     with LiveProgress(profile.bookings, progress) as bars:
-        run = LoadRun(url, profile, token=token, database_url=database_url, **bars.callbacks())
+        drawn = bars.enabled  # nothing to count when no bar is drawn
+        run = LoadRun(
+            url,
+            profile,
+            token=token,
+            database_url=database_url,
+            on_created=bars.on_created if drawn else None,
+            on_failed=bars.on_failed if drawn else None,
+            on_settled=bars.on_settled if drawn else None,
+        )
         return await run.run()
 
 
@@ -203,11 +172,11 @@ def load(
             metavar="WEIGHTS",
         ),
     ] = ",".join(f"{k}={v:g}" for k, v in DEFAULT_MIX.items()),
-    seed: Seed = 42,
-    settle_timeout: SettleTimeout = 120.0,
+    seed: common.Seed = 42,
+    settle_timeout: common.SettleTimeout = 120.0,
     url: common.ApiUrl = None,
     token: common.ApiToken = None,
-    database_url: DatabaseForStates = None,
+    database_url: common.StatesDatabaseUrl = None,
     redis_url: common.RedisUrl = None,
     progress: ShowProgress = True,
     json_output: common.JsonOutput = False,
@@ -226,7 +195,7 @@ def load(
         return
     weights = parse_mix(mix)
     url = common.api_url(url)
-    database_url = states_from(database_url)
+    database_url = common.states_database(database_url)
 
     async def main() -> LoadReport:
         async with BookingApi(url, token):  # fail early, and clearly, when the API is away
@@ -285,12 +254,12 @@ def load_quota(
     concurrency: Annotated[
         int, typer.Option("--concurrency", "-c", help="Concurrent clients.", min=1, metavar="N")
     ] = 16,
-    seed: Seed = 42,
-    settle_timeout: SettleTimeout = 120.0,
+    seed: common.Seed = 42,
+    settle_timeout: common.SettleTimeout = 120.0,
     policy_refresh: common.PolicyRefresh = None,
     url: common.ApiUrl = None,
     token: common.ApiToken = None,
-    database_url: DatabaseForStates = None,
+    database_url: common.StatesDatabaseUrl = None,
     redis_url: common.RedisUrl = None,
     progress: ShowProgress = True,
     json_output: common.JsonOutput = False,
@@ -304,7 +273,7 @@ def load_quota(
     """
     refresh = policy_refresh if policy_refresh is not None else common.policy_refresh_seconds()
     url = common.api_url(url)
-    database_url = states_from(database_url)
+    database_url = common.states_database(database_url)
 
     async def main() -> tuple[LoadReport, Outcome, dict[str, Any]]:
         say = common.err().print

@@ -256,13 +256,8 @@ def clean(
 
 @app.command("watch", short_help="A live view of today's used vs limit.")
 def watch(
-    interval: Annotated[
-        float, typer.Option(help="Seconds between refreshes.", min=0.1, metavar="SECONDS")
-    ] = 1.0,
-    count: Annotated[
-        int | None,
-        typer.Option(help="Stop after this many refreshes (default: until Ctrl-C).", metavar="N"),
-    ] = None,
+    interval: common.Interval = 1.0,
+    count: common.Refreshes = None,
     redis_url: common.RedisUrl = None,
 ) -> None:
     """A live view of today's used vs limit (follows a policy change and the day's turn).

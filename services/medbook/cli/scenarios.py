@@ -25,7 +25,7 @@ from rich.markup import escape
 from medbook import contracts
 from medbook.cli import common
 from medbook.cli.api import BookingApi, result_lines
-from medbook.cli.common import PolicyView, Unreachable
+from medbook.cli.common import PolicyView, Unreachable, UsageProblem
 from medbook.cli.policyctl import daily_limit
 from medbook.contracts import (
     BLOCKED_USER_REASON,
@@ -37,6 +37,7 @@ from medbook.contracts import (
 )
 from medbook.discount.idempotency import stored_result
 from medbook.discount.maintenance import QuotaMaintenance
+from medbook.discount.policy import QuotaPolicy
 from medbook.discount.quota import QuotaStore
 from medbook.discount.rules import discounted_price
 
@@ -131,7 +132,7 @@ class Saga:
     say: Callable[[str], None] = lambda _: None
 
     @property
-    def policy(self) -> Any:
+    def policy(self) -> QuotaPolicy:
         return self.view.policy
 
     def today(self) -> dt.date:
@@ -449,10 +450,13 @@ async def twice_without_key(saga: Saga, outcome: Outcome) -> None:
 
 async def burst_from_one_user(saga: Saga, outcome: Outcome, size: int = 10) -> None:
     name = f"Burst {uuid.uuid4().hex[:8]}"
-    bodies = []
+    bodies: list[dict[str, Any]] = []
     for i in range(size):
         eligible = saga.eligible_body(name) if i % 2 == 0 else None
-        bodies.append(eligible[0] if eligible else saga.plain_body(name))
+        body = eligible[0] if eligible else saga.plain_body(name)
+        if body is None:
+            raise UsageProblem("the policy discounts every booking the burst could send")
+        bodies.append(body)
     created = await asyncio.gather(*(saga.api.create(b) for b in bodies))
     ids = [c.booking_id for c in created if c.booking_id]
     outcome.check(
@@ -669,7 +673,6 @@ async def run_scenarios(
             view = await common.current_policy(redis)
         else:
             from medbook.config import PolicyDefaults
-            from medbook.discount.policy import QuotaPolicy
 
             view = PolicyView(QuotaPolicy.from_defaults(PolicyDefaults()), False, None)
         saga = Saga(
@@ -731,7 +734,7 @@ def scenario(
 
     Exit status: 0 every check passed, 1 a check failed, 2 a server cannot be reached.
     """
-    names = list(ORDER) if name is Name.ALL else [name]
+    names: list[Name] = list(ORDER) if name is Name.ALL else [name]
     url = common.api_url(url)
     refresh = policy_refresh if policy_refresh is not None else common.policy_refresh_seconds()
     outcomes = common.run(

@@ -494,32 +494,17 @@ async def run_top(top: Top, interval: float, count: int | None) -> None:
 
 def top(
     url: common.ApiUrl = None,
-    worker_metrics_url: Annotated[
-        str | None,
-        typer.Option(
-            envvar="MEDBOOK_WORKER_METRICS_URL",
-            help="The discount worker's /metrics (default: the medbook dev running here).",
-            metavar="URL",
-            show_default=False,
-        ),
-    ] = None,
+    worker_metrics_url: common.WorkerMetricsUrl = None,
     database_url: common.DatabaseUrl = None,
     token: common.ApiToken = None,
-    interval: Annotated[
-        float, typer.Option(help="Seconds between refreshes.", min=0.1, metavar="SECONDS")
-    ] = 1.0,
+    interval: common.Interval = 1.0,
     window: Annotated[
         float,
         typer.Option(
             help="Seconds over which rates and percentiles are computed.", min=1, metavar="SECONDS"
         ),
     ] = 10.0,
-    count: Annotated[
-        int | None,
-        typer.Option(
-            help="Stop after this many refreshes (default: until q or Ctrl-C).", min=1, metavar="N"
-        ),
-    ] = None,
+    count: common.Refreshes = None,
 ) -> None:
     """A full-screen live view of the running system: sagas per second, end-to-end latency
     percentiles, outcomes by reason, today's quota against its limit, the PENDING and outbox

@@ -9,8 +9,10 @@ current directory or above it (the checkout ``make dev`` ran in). A file left
 by a stack that died is recognised (its pid is gone, or belongs to a later
 process) and ignored.
 
-This module is read on every start of the ``medbook`` command: it imports only
-the standard library and psutil.
+This module is read on every start of the ``medbook`` command, which may be
+installed without the dev stack's dependencies: it imports only the standard
+library (a process is told apart from a later one with the same pid by its
+start time in ``/proc``, Linux as the dev stack itself).
 """
 
 from __future__ import annotations
@@ -18,11 +20,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Final
-
-import psutil
 
 FILE_NAME: Final = "stack.json"
 DATA_ENV: Final = "MEDBOOK_DEV_DATA"
@@ -34,7 +34,7 @@ class StackInfo:
     """A ``medbook dev`` process and what it serves (the URLs are empty while it starts)."""
 
     pid: int
-    started: float  # the process's start time (psutil create_time), against pid reuse
+    started: int  # the process's start time (/proc/PID/stat, clock ticks), against pid reuse
     data_dir: str
     state: str = "starting"  # starting, running
     api_url: str = ""
@@ -50,14 +50,8 @@ class StackInfo:
 
     def alive(self) -> bool:
         """Is the process that wrote the file still running (and the same process)?"""
-        try:
-            proc = psutil.Process(self.pid)
-            return abs(proc.create_time() - self.started) < 1.0 and proc.status() not in (
-                psutil.STATUS_ZOMBIE,
-                psutil.STATUS_DEAD,
-            )
-        except psutil.Error:
-            return False
+        state = _stat(self.pid)
+        return state is not None and state[1] == self.started and state[0] not in "ZX"
 
     def exports(self) -> dict[str, str]:
         """The variables that point a shell (and every ``medbook`` command) at this stack."""
@@ -69,17 +63,22 @@ class StackInfo:
             "MEDBOOK_RABBITMQ_URL": self.amqp_url,
         }
 
-    def with_urls(self, **urls: str) -> StackInfo:
-        return replace(self, **urls)
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """A process's state letter and start time (clock ticks after boot), None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # after "pid (name) ": state is field 3
+    return fields[0], int(fields[19])  # starttime is field 22
 
 
 def this_process(data_dir: Path) -> StackInfo:
     """The record of a stack run by the current process."""
-    return StackInfo(
-        pid=os.getpid(),
-        started=psutil.Process().create_time(),
-        data_dir=str(data_dir.absolute()),
-    )
+    state = _stat(os.getpid())
+    assert state is not None  # our own /proc entry
+    return StackInfo(pid=os.getpid(), started=state[1], data_dir=str(data_dir.absolute()))
 
 
 def write(info: StackInfo) -> None:

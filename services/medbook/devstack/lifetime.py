@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Final
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # no stubs in the lock (types-psutil)
 
 TAG_ENV: Final = "MEDBOOK_DEV_STACK"
 """Environment variable naming the stack (its data folder) in every process it starts."""
@@ -83,7 +83,7 @@ def tagged(tag: str, *, exclude: Iterable[int] = ()) -> list[psutil.Process]:
 
 def name_of(proc: psutil.Process) -> str:
     with contextlib.suppress(psutil.Error):
-        return proc.name()
+        return str(proc.name())
     return "?"
 
 

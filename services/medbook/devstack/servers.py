@@ -37,7 +37,7 @@ from types import TracebackType
 from typing import IO, Any, ClassVar, Self
 
 import port_for
-import psutil
+import psutil  # type: ignore[import-untyped]  # no stubs in the lock (types-psutil)
 import psycopg
 from mirakuru import Executor
 from mirakuru.exceptions import ExecutorError
@@ -76,7 +76,7 @@ def _log_tail(path: Path, lines: int = 30) -> str:
 def _alive(proc: psutil.Process) -> bool:
     """Running and not a zombie: an orphan's zombie is not ours to reap."""
     try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
 
@@ -452,7 +452,7 @@ class PostgresServer(_Server):
             row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         return row is not None
 
-    def _execute(self, query: sql.Composable) -> None:
+    def _execute(self, query: sql.Composed) -> None:
         with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
             conn.execute(query)
 

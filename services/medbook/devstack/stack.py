@@ -20,6 +20,7 @@ While it runs, :meth:`DevStack.supervise` restarts what crashed
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -190,11 +191,21 @@ class DevStack:
         self.extra_env = dict(extra_env or {})
         self.ready_timeout = ready_timeout
         self.progress = progress or log.info
-        timeouts = {"start_timeout": ready_timeout, "stop_timeout": STOP_GRACE * 2}
-        self.postgres = PostgresServer(self.data_dir / "postgres", self.ports.postgres, **timeouts)
-        self.redis = RedisServer(self.data_dir / "redis", self.ports.redis, **timeouts)
-        self.rabbit = RabbitMQServer(self.data_dir / "rabbitmq", self.ports.amqp, **timeouts)
-        self.servers = {"PostgreSQL": self.postgres, "Redis": self.redis, "RabbitMQ": self.rabbit}
+        start, stop = ready_timeout, STOP_GRACE * 2
+        self.postgres = PostgresServer(
+            self.data_dir / "postgres", self.ports.postgres, start_timeout=start, stop_timeout=stop
+        )
+        self.redis = RedisServer(
+            self.data_dir / "redis", self.ports.redis, start_timeout=start, stop_timeout=stop
+        )
+        self.rabbit = RabbitMQServer(
+            self.data_dir / "rabbitmq", self.ports.amqp, start_timeout=start, stop_timeout=stop
+        )
+        self.servers: dict[str, PostgresServer | RedisServer | RabbitMQServer] = {
+            "PostgreSQL": self.postgres,
+            "Redis": self.redis,
+            "RabbitMQ": self.rabbit,
+        }
         for server in self.servers.values():
             server.die_with_parent = True
         self.services: list[ServiceProcess] = []
@@ -393,7 +404,8 @@ class DevStack:
         self.supervisor.watch(
             [*self.services, *(ServerUnit(n, s) for n, s in self.servers.items())]
         )
-        self.info = self.info.with_urls(
+        self.info = dataclasses.replace(
+            self.info,
             state="running",
             api_url=self.api_url,
             worker_metrics_url=self.worker_metrics_url,

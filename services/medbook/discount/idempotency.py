@@ -136,7 +136,7 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-async def stored_result(redis: Redis, booking_id: uuid.UUID | str) -> bytes | None:
+async def stored_result(redis: Redis, booking_id: uuid.UUID | str) -> bytes | str | None:
     """The result stored for the booking (what a redelivery re-sends), None until there is one."""
     stored: bytes | str | None = await redis.hget(record_key(booking_id), "result")
     return stored.encode() if isinstance(stored, str) else stored

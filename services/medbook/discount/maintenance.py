@@ -69,15 +69,17 @@ class QuotaMaintenance:
         found = []
         for text in sorted(set(keys_by_day) | set(pointing)):
             try:
-                day = dt.date.fromisoformat(text)
+                date = dt.date.fromisoformat(text)
             except ValueError:
                 continue  # not one of ours
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.get(counter_key(day)).scard(members_key(day)).ttl(counter_key(day))
+                pipe.get(counter_key(date))
+                pipe.scard(members_key(date))
+                pipe.ttl(counter_key(date))
                 used, members, ttl = await pipe.execute()
             found.append(
                 QuotaDay(
-                    day=day,
+                    day=date,
                     used=int(used) if used is not None else None,
                     reservations=int(members) if members else None,
                     reservation_keys=pointing[text],
