@@ -107,3 +107,43 @@ def test_dev_env_without_a_running_stack_says_so(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["dev", "--data-dir", str(tmp_path), "env"])
     assert result.exit_code == 1
     assert "no medbook dev is running" in result.output
+
+
+class FakeUnit:
+    """A unit whose exits the test decides, on a clock the test moves."""
+
+    name = "fake"
+    log_path = Path("fake.log")
+
+    def __init__(self) -> None:
+        self.running = True
+        self.starts = 0
+
+    def start(self) -> None:
+        self.running, self.starts = True, self.starts + 1
+
+    def exit_status(self) -> str:
+        return "exit 1"
+
+
+def test_only_exits_soon_after_a_start_count_toward_giving_up() -> None:
+    now = [0.0]
+    unit = FakeUnit()
+    supervisor = Supervisor(
+        stable_after=10, first_delay=1, max_delay=30, give_up_after=3, clock=lambda: now[0]
+    )
+    supervisor.watch([unit])
+
+    def exit_after(seconds: float) -> None:
+        now[0] += seconds
+        unit.running = False
+        supervisor.check()  # notices the exit, schedules the restart
+        now[0] += 60
+        supervisor.check()  # restarts it
+
+    exit_after(100)  # a long run, then a crash: not part of a crash loop
+    exit_after(1)
+    exit_after(1)
+    assert supervisor.given_up == [] and unit.starts == 3
+    exit_after(1)  # the third quick exit in a row
+    assert supervisor.given_up == ["fake"] and unit.starts == 3

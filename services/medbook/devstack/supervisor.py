@@ -110,7 +110,7 @@ class Supervisor:
     def _exited(self, record: _Record, now: float) -> None:
         unit, ran = record.unit, now - record.started_at
         status = unit.exit_status()
-        record.quick_exits = record.quick_exits + 1 if ran < self.stable_after else 1
+        record.quick_exits = record.quick_exits + 1 if ran < self.stable_after else 0
         if record.quick_exits >= self.give_up_after:
             record.given_up = True
             log.error(
@@ -123,7 +123,7 @@ class Supervisor:
                 unit.log_path,
             )
             return
-        delay = min(self.first_delay * 2 ** (record.quick_exits - 1), self.max_delay)
+        delay = min(self.first_delay * 2 ** max(record.quick_exits - 1, 0), self.max_delay)
         record.restart_at = now + delay
         log.warning(
             "%s exited (%s) after %.1fs; restarting it in %gs (restart %d%s)",
