@@ -277,13 +277,18 @@ def _hooks(doc: dict[str, Any]) -> set[str]:
     return set(doc["metadata"]["annotations"]["helm.sh/hook"].split(","))
 
 
+def _migrations(manifests: list[Manifest]) -> dict[str, Any]:
+    [job] = [m.doc for m in find(manifests, "Job") if "migrations" in m.name]
+    return job
+
+
 def test_migrations_run_before_the_apps_with_an_external_database() -> None:
     manifests = render("medbook", EXTERNAL)
     job = one(manifests, "Job", "medbook-migrations")
     # Helm runs pre-install/pre-upgrade hooks, and waits for the Job, before the Deployments.
     assert _hooks(job) == {"pre-install", "pre-upgrade"}
     [box] = pod_template(job)["spec"]["containers"]
-    assert box["command"] == ["medbook-migrate"]
+    assert box["command"][:3] == ["medbook-migrate", "upgrade", "--wait-for-database"]
     assert box["image"] == container(manifests, "Deployment", BOOKING, "booking")["image"]
     # It needs nothing the release itself creates (that comes after pre-install hooks).
     created = {(m.kind, m.name) for m in manifests}
@@ -296,25 +301,28 @@ def test_migrations_run_before_the_apps_with_an_external_database() -> None:
     assert {v["name"] for v in pod["volumes"]} == {"tmp"}
 
 
-def test_with_the_in_chart_database_the_api_waits_for_the_migrations() -> None:
-    manifests = render("medbook")
-    job = one(manifests, "Job", "medbook-migrations")
-    # The release creates the database, so the Job runs after it (post-install) on the
-    # first install and before the apps on every upgrade (pre-upgrade) ...
-    assert _hooks(job) == {"post-install", "pre-upgrade"}
-    # ... and on the first install the API starts only once the schema is at head.
+def test_an_install_that_creates_the_database_migrates_with_a_job_of_the_release() -> None:
+    # No hook: Helm would run a post-install hook only after --wait saw the booking pods
+    # ready, and they wait for the schema (tests/charts/test_helm_wait.py runs Helm).
+    job = one(render("medbook"), "Job", "medbook-migrations-init")
+    assert "helm.sh/hook" not in job["metadata"]["annotations"]
+
+
+@pytest.mark.parametrize("values", [{}, EXTERNAL], ids=["in-chart", "external"])
+def test_no_booking_pod_serves_before_its_schema_is_migrated(values: dict) -> None:
+    manifests = render("medbook", values)
     pod = pod_template(one(manifests, "Deployment", BOOKING))["spec"]
     [wait] = pod["initContainers"]
-    assert wait["command"] == ["python", "/opt/medbook-scripts/wait_for_schema.py"]
-    scripts = one(manifests, "ConfigMap", "medbook-scripts")["data"]
-    assert "def main" in scripts["wait_for_schema.py"]
+    assert wait["command"][:2] == ["medbook-migrate", "wait"]
+    assert wait["image"] == container(manifests, "Deployment", BOOKING, "booking")["image"]
+    # From the image: no script of the chart's (a ConfigMap) on the way.
+    assert {v["name"] for v in pod["volumes"]} == {"tmp"}
 
 
 @pytest.mark.parametrize("values", [{}, EXTERNAL], ids=["in-chart", "external"])
 def test_the_migration_job_reaches_the_same_database_as_the_api(values: dict) -> None:
     manifests = render("medbook", {**FIXED_PASSWORDS, **values})
-    job = pod_template(one(manifests, "Job", "medbook-migrations"))
-    [migrate] = job["spec"]["containers"]
+    [migrate] = pod_template(_migrations(manifests))["spec"]["containers"]
     api = container(manifests, "Deployment", BOOKING, "booking")
     keys = ("DB_HOST", "DB_PORT", "DB_NAME", "DB_USERNAME", "DB_PASSWORD")
     job_env, api_env = _environment(manifests, migrate), _environment(manifests, api)

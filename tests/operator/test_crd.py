@@ -23,12 +23,14 @@ from tests.operator import crd_schema
 from tests.operator.crd_schema import EXAMPLES, ROOT, admit, apply_defaults
 
 # Rules the CRD adds on top of the model: the API server refuses these objects, the model
-# (which also reads the worker's environment defaults) would accept them.
+# (which also reads the worker's environment defaults) would accept them. They combine
+# fields of spec, so they sit on the object (see the CRD's comment, and
+# test_spec_level_rules_on_a_defaulted_spec_are_refused_like_the_server_does).
 CRD_ONLY_RULES = {
     ".": {
-        "self.dailyLimit == 0 || self.discountPercent > 0.0",
-        "self.dailyLimit == 0 || self.eligibility.birthday.enabled"
-        " || self.eligibility.highValue.enabled",
+        "self.spec.dailyLimit == 0 || self.spec.discountPercent > 0.0",
+        "self.spec.dailyLimit == 0 || self.spec.eligibility.birthday.enabled"
+        " || self.spec.eligibility.highValue.enabled",
     },
 }
 
@@ -158,12 +160,17 @@ def test_partial_specs_default_like_the_model(partial: dict[str, Any]) -> None:
 
 def test_the_cel_rules_compile_and_are_known() -> None:
     found: dict[str, set[str]] = {}
-    for path, rule in crd_schema.rules(crd_schema.spec_schema()):
+    for path, rule in crd_schema.rules(crd_schema.schema()):
         crd_schema._program(rule["rule"])  # compiles
         assert rule.get("message"), f"{path}: a rule needs a message a person understands"
         found.setdefault(path, set()).add(rule["rule"])
     assert found["."] == CRD_ONLY_RULES["."]
-    assert set(found) == {".", ".timeZone", ".eligibility.birthday.genders", ".cleanup.schedule"}
+    assert set(found) == {
+        ".",
+        ".spec.timeZone",
+        ".spec.eligibility.birthday.genders",
+        ".spec.cleanup.schedule",
+    }
 
 
 # -- objects: the examples pass, the bad ones are refused --------------------------------------

@@ -1,0 +1,533 @@
+"""A pretend cluster for Helm's real actions: the emulated API server, plus the controllers
+and the kubelet played by rules.
+
+Real: the API server emulation (``tests/operator/apiserver.py``) over HTTP, and
+Helm's own install, upgrade, test and uninstall (``tests/charts/helm_actions.py``),
+so the order Helm does things in (CRDs, hooks by weight, ``--wait`` before
+``post-install`` hooks, pre-delete hooks, resource policies) is Helm's, not a
+model of it. Played here, every ``TICK`` seconds:
+
+- the kubelet: each Deployment, StatefulSet and Job gets its pods (a Deployment
+  ``spec.replicas`` of them, 1 when an HPA owns the count); a pod starts once the
+  ServiceAccount, Secrets and ConfigMaps it names exist, runs its init containers
+  one after the other, then its containers; what a container does is a
+  :class:`~tests.charts.programs.Program` chosen by its command;
+- the controllers: workload and pod status as kstatus reads it (what Helm's
+  ``--wait`` waits for: ``observedGeneration``, ready and updated replicas, a
+  Job's ``Complete`` condition, a pod's phase); a changed pod template gets new
+  pods (``Recreate``: the old ones go first; otherwise once the new are ready);
+- the garbage collector: an object whose owners are all gone goes too, and when a
+  Deployment or StatefulSet goes, its pods are stopped before the API server
+  answers the delete (a deleted operator does nothing more, as one whose Role
+  is gone a moment later could not).
+
+"Answers" (a database, a broker) means: a Service of that name in the
+namespace selects a ready pod, or the test declared the host external. The
+:attr:`Cluster.timeline` records what became ready and what was migrated, in
+order, for tests that check an order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import copy
+import hashlib
+import json
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kmock
+
+from tests.charts.helm_actions import Helm
+from tests.charts.programs import Box, Phase, Program, ProgramFactory, default_program, waiting
+from tests.operator.apiserver import ApiServer, api_version
+
+TICK = 0.02
+WORKLOADS = ("apps/v1/deployments", "apps/v1/statefulsets", "batch/v1/jobs")
+PODS = kmock.resource("v1/pods")
+COLLECTED = ("v1/pods", "batch/v1/jobs", "batch/v1/cronjobs", "apps/v1/replicasets")
+
+
+def _hash(template: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def _owned(obj: Mapping[str, Any], uid: str | None) -> bool:
+    return any(o.get("uid") == uid for o in obj["metadata"].get("ownerReferences") or [])
+
+
+@dataclass
+class PodState:
+    """What the kubelet knows of one pod it runs."""
+
+    name: str
+    owner: str  # "Deployment/name"
+    template_hash: str
+    programs: dict[str, Program] = field(default_factory=dict)
+    phase: Phase = field(default_factory=lambda: waiting("not started"))
+
+
+class Cluster:
+    """Controllers and a kubelet for one namespace of an emulated API server."""
+
+    def __init__(
+        self,
+        server: ApiServer,
+        namespace: str,
+        *,
+        external: Iterable[str] = (),
+        programs: Mapping[tuple[str, ...], ProgramFactory] | None = None,
+    ) -> None:
+        self.server = server
+        self.namespace = namespace
+        self.external = set(external)
+        self.programs = dict(programs or {})
+        self.schema: dict[str, set[str]] = {}  # database host -> images migrated to
+        self.timeline: list[tuple[str, str, str]] = []  # (what, whose, detail)
+        self.pods: dict[str, PodState] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        server.on_delete = self._on_delete
+
+    # -- the world the programs see --------------------------------------------------------
+
+    def reachable(self, namespace: str, host: str) -> bool:
+        if host in self.external:
+            return True
+        name = host.split(".")[0]
+        if "." in host and not host.removeprefix(f"{name}.").startswith(namespace):
+            return False
+        for service in self.server.live_raw("v1/services", namespace):
+            if service["metadata"]["name"] != name:
+                continue
+            selector = (service.get("spec") or {}).get("selector") or {}
+            return any(
+                _matches(selector, (pod["metadata"].get("labels") or {})) and self._pod_ready(pod)
+                for pod in self.server.live_raw(PODS, namespace)
+            )
+        return False
+
+    @staticmethod
+    def _pod_ready(pod: Mapping[str, Any]) -> bool:
+        conditions = (pod.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+    def migrate(self, namespace: str, host: str, image: str) -> None:
+        key = f"{namespace}/{host}"
+        if image not in self.schema.setdefault(key, set()):
+            self.schema[key].add(image)
+            self.timeline.append(("migrated", host, image))
+
+    def migrated(self, namespace: str, host: str, image: str) -> bool:
+        return image in self.schema.get(f"{namespace}/{host}", set())
+
+    def waiting(self) -> list[str]:
+        """What every pod that is not ready waits for (for a test's failure message)."""
+        return [
+            f"{state.owner} pod {state.name}: {state.phase.state}: {state.phase.reason}"
+            for state in self.pods.values()
+            if state.phase.state not in ("ready", "succeeded")
+        ]
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Cluster:
+        self._task = asyncio.create_task(self._run(), name="cluster")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        for name in list(self.pods):
+            await self._stop_pod(name)
+        if self._failure is not None:
+            raise self._failure
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self.tick()
+                await asyncio.sleep(TICK)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # reported when the block ends
+            self._failure = exc
+            raise
+
+    async def tick(self) -> None:
+        await self._collect_garbage()
+        for resource in WORKLOADS:
+            for workload in self.server.live(resource, self.namespace):
+                await self._reconcile(workload)
+        for pod in self.server.live(PODS, self.namespace):
+            meta = pod.raw["metadata"]
+            if not meta.get("ownerReferences"):  # a bare pod: helm test
+                await self._run_pod(pod, owner=f"Pod/{meta['name']}", job=True)
+
+    # -- the garbage collector ---------------------------------------------------------------
+
+    async def _collect_garbage(self) -> None:
+        uids = {
+            obj.raw["metadata"].get("uid")
+            for (_, _, _), obj in list(self.server.objects.items())
+            if not obj.deleted
+        }
+        orphans = []
+        for resource in COLLECTED:
+            for obj in self.server.live(resource, self.namespace):
+                owners = obj.raw["metadata"].get("ownerReferences") or []
+                if owners and not any(o.get("uid") in uids for o in owners):
+                    orphans.append(obj)
+        for obj in orphans:
+            if obj.raw.get("kind") == "Pod":
+                await self._stop_pod(obj.raw["metadata"]["name"])
+        await self.server.remove(orphans)
+
+    async def _on_delete(self, resource: kmock.resource, obj: Mapping[str, Any]) -> None:
+        """Called by the API server on a delete: a workload's pods stop before it answers."""
+        if f"{api_version(resource)}/{resource.plural}" not in WORKLOADS:
+            return
+        uid = obj["metadata"].get("uid")
+        pods = [pod for pod in self.server.live(PODS, self.namespace) if _owned(pod.raw, uid)]
+        for pod in pods:
+            await self._stop_pod(pod.raw["metadata"]["name"])
+        await self.server.remove(pods)
+
+    # -- workloads ---------------------------------------------------------------------------
+
+    async def _remove_pods(self, pods: list[Any]) -> None:
+        for pod in pods:
+            await self._stop_pod(pod.raw["metadata"]["name"])
+        await self.server.remove(pods)
+
+    async def _reconcile(self, view: Any) -> None:
+        workload = view.raw
+        kind, meta, spec = workload["kind"], workload["metadata"], workload["spec"]
+        current = _hash(spec["template"])
+        wanted = 1 if kind == "Job" else int(spec.get("replicas", 1))
+        owned = [pod for pod in self.server.live(PODS, self.namespace)
+                 if _owned(pod.raw, meta["uid"])]  # fmt: skip
+        new = [p for p in owned if p.raw["metadata"]["labels"].get("pod-template-hash") == current]
+        old = [p for p in owned if p not in new]
+        recreate = kind == "StatefulSet" or (spec.get("strategy") or {}).get("type") == "Recreate"
+        if old and (recreate or wanted == 0):
+            await self._remove_pods(old)
+            old = []
+        if len(new) > wanted:
+            await self._remove_pods(new[wanted:])
+            new = new[:wanted]
+        if kind != "Job" or not new:
+            for index in range(len(new), wanted):
+                new.append(await self._create_pod(workload, current, index))
+        ready = done = 0
+        failures = []
+        for pod in new:
+            phase = await self._run_pod(pod, owner=f"{kind}/{meta['name']}", job=kind == "Job")
+            ready += phase.state == "ready"
+            done += phase.state == "succeeded"
+            if phase.state == "failed":
+                failures.append(phase.reason)
+        if failures and kind != "Job":
+            raise AssertionError(f"{kind}/{meta['name']}: {failures[0]}")
+        if old and ready == wanted:  # a rolling update: the new pods are ready
+            await self._remove_pods(old)
+            old = []
+        status = self._status(workload, current, len(new), len(old), ready, done, failures)
+        await self.server.write_status(view, status)
+
+    @staticmethod
+    def _status(
+        workload: Mapping[str, Any],
+        current: str,
+        new: int,
+        old: int,
+        ready: int,
+        done: int,
+        failed: list[str],
+    ) -> dict[str, Any]:
+        kind, meta, spec = workload["kind"], workload["metadata"], workload["spec"]
+        wanted = int(spec.get("replicas", 1))
+        generation = meta.get("generation", 1)
+        if kind == "Job":
+            status: dict[str, Any] = {"startTime": meta["creationTimestamp"]}
+            if done:
+                status.update(succeeded=1, completionTime=meta["creationTimestamp"], conditions=[
+                    {"type": "SuccessCriteriaMet", "status": "True"},
+                    {"type": "Complete", "status": "True"},
+                ])  # fmt: skip
+            elif failed:
+                status.update(failed=1, conditions=[
+                    {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                     "message": failed[0]},
+                ])  # fmt: skip
+            else:
+                status["active"] = new
+            return status
+        complete = ready == wanted and not old
+        if kind == "StatefulSet":
+            revision = f"{meta['name']}-{current}"
+            return {
+                "observedGeneration": generation,
+                "replicas": new + old,
+                "readyReplicas": ready,
+                "availableReplicas": ready,
+                "currentReplicas": new if complete else old,
+                "updatedReplicas": new,
+                "currentRevision": revision if complete else f"{meta['name']}-previous",
+                "updateRevision": revision,
+            }
+        return {
+            "observedGeneration": generation,
+            "replicas": new + old,
+            "updatedReplicas": new,
+            "readyReplicas": ready + old,
+            "availableReplicas": ready + old,
+            "unavailableReplicas": max(0, wanted - ready - old),
+            "conditions": [
+                {"type": "Available", "status": "True" if complete or old else "False",
+                 "reason": "MinimumReplicasAvailable"},
+                {"type": "Progressing", "status": "True",
+                 "reason": "NewReplicaSetAvailable" if complete else "ReplicaSetUpdated"},
+            ],
+        }  # fmt: skip
+
+    # -- pods --------------------------------------------------------------------------------
+
+    async def _create_pod(self, workload: Any, template_hash: str, index: int) -> Any:
+        meta = workload["metadata"]
+        template = copy.deepcopy(workload["spec"]["template"])
+        suffix = f"{index}" if workload["kind"] == "StatefulSet" else f"{template_hash[:5]}-{index}"
+        labels = {**(template.get("metadata") or {}).get("labels", {}),
+                  "pod-template-hash": template_hash}  # fmt: skip
+        if workload["kind"] == "Job":
+            labels["job-name"] = meta["name"]
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"{meta['name']}-{suffix}",
+                "namespace": self.namespace,
+                "labels": labels,
+                "annotations": (template.get("metadata") or {}).get("annotations") or {},
+                "ownerReferences": [{
+                    "apiVersion": workload["apiVersion"], "kind": workload["kind"],
+                    "name": meta["name"], "uid": meta["uid"], "controller": True,
+                }],
+            },
+            "spec": template["spec"],
+        }  # fmt: skip
+        return await self.server.add(PODS, pod)
+
+    async def _run_pod(self, view: Any, *, owner: str, job: bool) -> Phase:
+        pod = view.raw
+        meta = pod["metadata"]
+        state = self.pods.get(meta["name"])
+        if state is None:
+            state = self.pods[meta["name"]] = PodState(
+                meta["name"], owner, meta.get("labels", {}).get("pod-template-hash", "")
+            )
+        if state.phase.state in ("succeeded", "failed") and job:
+            return state.phase
+        state.phase = await self._advance(pod, state)
+        await self.server.write_status(view, self._pod_status(state))
+        if state.phase.state in ("ready", "succeeded"):
+            image = ",".join(c["image"] for c in pod["spec"]["containers"])
+            event = ("ready" if state.phase.state == "ready" else "succeeded", owner, image)
+            if event not in self.timeline:
+                self.timeline.append(event)
+        return state.phase
+
+    async def _advance(self, pod: Any, state: PodState) -> Phase:
+        spec = pod["spec"]
+        missing = self._missing_references(spec)
+        if missing:
+            return waiting(missing)
+        for init in spec.get("initContainers") or []:
+            phase = await self._poll(pod, state, init, init=True)
+            if phase.state != "succeeded":
+                return (
+                    phase
+                    if phase.state == "failed"
+                    else waiting(f"init container {init['name']}: {phase.reason}")
+                )
+        phases = [await self._poll(pod, state, c, init=False) for c in spec["containers"]]
+        for phase in phases:
+            if phase.state in ("failed", "waiting"):
+                return phase
+        return Phase("succeeded") if all(p.state == "succeeded" for p in phases) else Phase("ready")
+
+    async def _poll(
+        self, pod: Any, state: PodState, spec: Mapping[str, Any], *, init: bool
+    ) -> Phase:
+        program = state.programs.get(spec["name"])
+        if program is None:
+            box = Box(self, self.namespace, pod["metadata"]["name"], state.owner,
+                      dict(spec), self._environment(pod, spec), init)  # fmt: skip
+            factory = self._factory(box)
+            program = state.programs[spec["name"]] = factory(box)
+        return await program.poll()
+
+    def _factory(self, box: Box) -> ProgramFactory:
+        """The test's program for this command, if any: its words, then options or nothing."""
+        for words, factory in self.programs.items():
+            rest = box.command[len(words) :]
+            if tuple(box.command[: len(words)]) == words and (not rest or rest[0].startswith("-")):
+                return factory
+        return default_program
+
+    async def _stop_pod(self, name: str) -> None:
+        state = self.pods.pop(name, None)
+        if state is None:
+            return
+        for program in state.programs.values():
+            await program.stop()
+        self.timeline.append(("stopped", state.owner, name))
+
+    @staticmethod
+    def _pod_status(state: PodState) -> dict[str, Any]:
+        ready = state.phase.state == "ready"
+        phase = {"ready": "Running", "succeeded": "Succeeded", "failed": "Failed"}.get(
+            state.phase.state, "Pending"
+        )
+        status: dict[str, Any] = {
+            "phase": phase,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        }
+        if state.phase.reason:
+            status["message"] = state.phase.reason
+        return status
+
+    # -- the environment, as the kubelet builds it ---------------------------------------------
+
+    def _object(self, resource: str, name: str) -> Any | None:
+        for obj in self.server.live_raw(resource, self.namespace):
+            if obj["metadata"]["name"] == name:
+                return obj
+        return None
+
+    def _secret_data(self, name: str) -> dict[str, str] | None:
+        secret = self._object("v1/secrets", name)
+        if secret is None:
+            return None
+        data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+        return {**data, **(secret.get("stringData") or {})}
+
+    def _configmap_data(self, name: str) -> dict[str, str] | None:
+        configmap = self._object("v1/configmaps", name)
+        return None if configmap is None else dict(configmap.get("data") or {})
+
+    def _missing_references(self, spec: Mapping[str, Any]) -> str | None:
+        """Why the kubelet cannot start the pod yet (a missing object), or ``None``."""
+        account = spec.get("serviceAccountName")
+        if account and account != "default" and self._object("v1/serviceaccounts", account) is None:
+            return f"serviceaccount {account!r} not found"
+        for box in [*(spec.get("initContainers") or []), *spec["containers"]]:
+            for source in box.get("envFrom") or []:
+                for key, read in (("secretRef", self._secret_data),
+                                  ("configMapRef", self._configmap_data)):  # fmt: skip
+                    ref = source.get(key)
+                    if ref and not ref.get("optional") and read(ref["name"]) is None:
+                        return f"CreateContainerConfigError: {key} {ref['name']!r} not found"
+            for item in box.get("env") or []:
+                for key, read in (("secretKeyRef", self._secret_data),
+                                  ("configMapKeyRef", self._configmap_data)):  # fmt: skip
+                    ref = (item.get("valueFrom") or {}).get(key)
+                    if ref and not ref.get("optional"):
+                        data = read(ref["name"])
+                        if data is None or ref["key"] not in data:
+                            return (
+                                f"CreateContainerConfigError: {ref['name']}/{ref['key']} not found"
+                            )
+        for volume in spec.get("volumes") or []:
+            for key, read in (("secret", self._secret_data), ("configMap", self._configmap_data)):
+                ref = volume.get(key)
+                if ref and not ref.get("optional"):
+                    name = ref.get("secretName") or ref.get("name")
+                    if read(name) is None:
+                        return f"FailedMount: {key} {name!r} not found"
+        return None
+
+    def _environment(self, pod: Mapping[str, Any], spec: Mapping[str, Any]) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for source in spec.get("envFrom") or []:
+            if "configMapRef" in source:
+                env.update(self._configmap_data(source["configMapRef"]["name"]) or {})
+            if "secretRef" in source:
+                env.update(self._secret_data(source["secretRef"]["name"]) or {})
+        for item in spec.get("env") or []:
+            if "value" in item:
+                env[item["name"]] = str(item["value"])
+                continue
+            source = item.get("valueFrom") or {}
+            if "fieldRef" in source:
+                path = source["fieldRef"]["fieldPath"]
+                env[item["name"]] = {"metadata.namespace": self.namespace,
+                                     "metadata.name": pod["metadata"]["name"]}.get(path, "")  # fmt: skip
+            for key, read in (("secretKeyRef", self._secret_data),
+                              ("configMapKeyRef", self._configmap_data)):  # fmt: skip
+                ref = source.get(key)
+                if ref:
+                    value = (read(ref["name"]) or {}).get(ref["key"])
+                    if value is not None:
+                        env[item["name"]] = value
+        return env
+
+
+@dataclass
+class Rig:
+    """An emulated API server, the cluster played around it, and a Helm client for it."""
+
+    server: ApiServer
+    url: str
+    cluster: Cluster
+    helm: Helm
+
+    @property
+    def namespace(self) -> str:
+        return self.cluster.namespace
+
+    async def create_secret(self, name: str, data: Mapping[str, str], **meta: Any) -> None:
+        """A Secret made by a person (``kubectl create secret generic``)."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": self.namespace, **meta},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+        }
+        await self.server.add(kmock.resource("v1/secrets"), body)
+
+    def objects(self, resource: str) -> dict[str, dict[str, Any]]:
+        """The live objects of a resource in the namespace, by name."""
+        return {o["metadata"]["name"]: o for o in self.server.live_raw(resource, self.namespace)}
+
+    def secret(self, name: str) -> dict[str, str]:
+        data = self.cluster._secret_data(name)
+        assert data is not None, f"no Secret {name}"
+        return data
+
+    async def run(self, action: str, *args: Any, **kwargs: Any) -> Any:
+        """A Helm action (install, upgrade, uninstall, test, render), off the event loop."""
+        return await asyncio.to_thread(getattr(self.helm, action), *args, **kwargs)
+
+
+@contextlib.asynccontextmanager
+async def helm_cluster(namespace: str, **options: Any) -> AsyncIterator[Rig]:
+    """An emulated API server serving every built-in resource, the cluster, and Helm."""
+    async with ApiServer() as server, kmock.Server(server) as endpoint:
+        server.declare_cluster()
+        url = str(endpoint.url).rstrip("/")
+        async with Cluster(server, namespace, **options) as cluster:
+            helm = Helm(url, namespace)
+            try:
+                yield Rig(server, url, cluster, helm)
+            finally:
+                helm.close()

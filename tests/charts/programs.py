@@ -1,0 +1,192 @@
+"""What each container of the charts does, as far as a pretend cluster can tell.
+
+``tests/charts/cluster.py`` runs pods without running their images. For each
+container it picks a :class:`Program` by the container's command: a program says
+what the real process waits for before it is ready (or done), and what it leaves
+behind (a migrated schema). The rules follow the real code:
+
+- ``medbook-migrate wait`` (the booking pods' init container) ends once the
+  database answers and its schema is at the image's revision;
+- ``medbook-migrate`` (the migrations Job) waits for the database to answer,
+  then migrates it to the image's revision;
+- the booking API (the image's default command) is ready once the database
+  answers (its readiness probe is ``/readyz?check=database``);
+- the discount worker is ready once Redis and RabbitMQ answer (``/readyz``);
+- ``medbook-operator`` is ready at once (it needs the API server only);
+- the ``helm test`` pod succeeds once the booking Service has a ready pod;
+- the in-chart servers' images (and their init containers) are ready at once.
+
+A container nothing here knows fails, naming its command: a new kind of pod gets
+a rule before a test relies on it. A test can put real code in place of a rule
+(``Cluster(programs=...)``): the operator and its uninstall hook run for real in
+``tests/operator/test_helm_uninstall.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from tests.charts.cluster import Cluster
+
+
+@dataclass(frozen=True)
+class Phase:
+    state: str  # "waiting", "ready", "succeeded" or "failed"
+    reason: str = ""
+
+
+READY = Phase("ready")
+SUCCEEDED = Phase("succeeded")
+
+
+def waiting(reason: str) -> Phase:
+    return Phase("waiting", reason)
+
+
+def failed(reason: str) -> Phase:
+    return Phase("failed", reason)
+
+
+@dataclass
+class Box:
+    """A container of a pod, with its environment as the kubelet builds it."""
+
+    cluster: Cluster
+    namespace: str
+    pod: str  # the pod's name
+    owner: str  # e.g. "Deployment/medbook-booking"
+    spec: dict[str, Any]
+    env: dict[str, str]
+    init: bool
+
+    @property
+    def name(self) -> str:
+        return str(self.spec["name"])
+
+    @property
+    def image(self) -> str:
+        return str(self.spec["image"])
+
+    @property
+    def command(self) -> list[str]:
+        return [str(a) for a in [*(self.spec.get("command") or []), *(self.spec.get("args") or [])]]
+
+    @property
+    def ours(self) -> bool:
+        """One of the medbook images (not a third-party server's)."""
+        return self.image.rsplit("/", 1)[-1].startswith("medbook-")
+
+    def reachable(self, host: str | None) -> Phase | None:
+        """``None`` when ``host`` answers, else why the process would wait for it."""
+        if not host:
+            return waiting("no host configured")
+        if self.cluster.reachable(self.namespace, host):
+            return None
+        return waiting(f"{host} does not answer")
+
+
+@dataclass
+class Program:
+    """A container's process. ``poll`` is called every tick until the pod goes."""
+
+    box: Box
+    started: bool = field(default=False, init=False)
+
+    async def poll(self) -> Phase:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """The pod is being deleted (SIGTERM)."""
+
+
+class ThirdParty(Program):
+    """An in-chart server's image (PostgreSQL, Redis, RabbitMQ) or its init container."""
+
+    async def poll(self) -> Phase:
+        return SUCCEEDED if self.box.init else READY
+
+
+class Migrate(Program):
+    """``medbook-migrate`` (upgrade): the database to the image's revision."""
+
+    async def poll(self) -> Phase:
+        host = self.box.env.get("DB_HOST")
+        blocked = self.box.reachable(host)
+        if blocked:
+            return blocked
+        assert host is not None
+        self.box.cluster.migrate(self.box.namespace, host, self.box.image)
+        return SUCCEEDED
+
+
+class WaitForSchema(Program):
+    """``medbook-migrate wait``: until the schema is at the image's revision."""
+
+    async def poll(self) -> Phase:
+        host = self.box.env.get("DB_HOST")
+        blocked = self.box.reachable(host)
+        if blocked:
+            return blocked
+        assert host is not None
+        if self.box.cluster.migrated(self.box.namespace, host, self.box.image):
+            return SUCCEEDED
+        return waiting(f"the schema of {host} is not at the revision of {self.box.image} yet")
+
+
+class BookingApi(Program):
+    async def poll(self) -> Phase:
+        return self.box.reachable(self.box.env.get("DB_HOST")) or READY
+
+
+class DiscountWorker(Program):
+    async def poll(self) -> Phase:
+        redis = self.box.env.get("REDIS_HOST")
+        rabbit = urlsplit(self.box.env.get("MEDBOOK_RABBITMQ_URL", "")).hostname
+        return self.box.reachable(redis) or self.box.reachable(rabbit) or READY
+
+
+class Operator(Program):
+    """``medbook-operator`` without real code: ready (it needs the API server only)."""
+
+    async def poll(self) -> Phase:
+        return READY
+
+
+class SmokeTest(Program):
+    """The ``helm test`` pod: books through the booking Service."""
+
+    async def poll(self) -> Phase:
+        url = urlsplit(self.box.env.get("MEDBOOK_API_URL", ""))
+        return self.box.reachable(url.hostname) or SUCCEEDED
+
+
+class Unknown(Program):
+    async def poll(self) -> Phase:
+        return failed(f"no program models {self.box.command or self.box.image!r}")
+
+
+ProgramFactory = Callable[[Box], Program]
+
+
+def default_program(box: Box) -> Program:
+    command = box.command
+    if not box.ours:
+        return ThirdParty(box)
+    if command[:1] == ["medbook-migrate"]:
+        if command[1:2] == ["wait"]:
+            return WaitForSchema(box)
+        if command[1:2] in ([], ["upgrade"]):
+            return Migrate(box)
+    if not command and "medbook-booking" in box.image:
+        return BookingApi(box)
+    if not command and "medbook-discount" in box.image:
+        return DiscountWorker(box)
+    if command == ["medbook-operator"]:
+        return Operator(box)
+    if any(part.endswith("smoke_test.py") for part in command):
+        return SmokeTest(box)
+    return Unknown(box)
