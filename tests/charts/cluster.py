@@ -45,9 +45,10 @@ from tests.charts.helm_actions import Helm
 from tests.charts.programs import Box, Phase, Program, ProgramFactory, default_program, waiting
 from tests.operator.apiserver import ApiServer, api_version
 
-TICK = 0.02
+TICK = 0.05
 WORKLOADS = ("apps/v1/deployments", "apps/v1/statefulsets", "batch/v1/jobs")
 PODS = kmock.resource("v1/pods")
+CLAIMS = kmock.resource("v1/persistentvolumeclaims")
 COLLECTED = ("v1/pods", "batch/v1/jobs", "batch/v1/cronjobs", "apps/v1/replicasets")
 
 
@@ -90,6 +91,7 @@ class Cluster:
         self.external = set(external)
         self.programs = dict(programs or {})
         self.schema: dict[str, set[str]] = {}  # database host -> images migrated to
+        self.volumes: dict[str, dict[str, str]] = {}  # claim (or pod) -> what the data holds
         self.timeline: list[tuple[str, str, str]] = []  # (what, whose, detail)
         self.pods: dict[str, PodState] = {}
         self._task: asyncio.Task[None] | None = None
@@ -118,6 +120,36 @@ class Cluster:
     def _pod_ready(pod: Mapping[str, Any]) -> bool:
         conditions = (pod.get("status") or {}).get("conditions") or []
         return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+    def volume_data(self, box: Box) -> dict[str, str]:
+        """What a server keeps in its data volume (a claim outlives the pod; emptyDir not)."""
+        claims = box.claims
+        key = f"{box.namespace}/{claims[0]}" if claims else f"{box.namespace}/pod:{box.pod}"
+        return self.volumes.setdefault(key, {})
+
+    def pod_volumes(self, name: str) -> list[dict[str, Any]]:
+        for pod in self.server.live_raw(PODS, self.namespace):
+            if pod["metadata"]["name"] == name:
+                return list(pod["spec"].get("volumes") or [])
+        return []
+
+    def server_password(self, namespace: str, host: str) -> str | None:
+        """The password the server behind ``host`` (a Service of the namespace) requires."""
+        name = host.split(".")[0]
+        for service in self.server.live_raw("v1/services", namespace):
+            if service["metadata"]["name"] != name:
+                continue
+            selector = (service.get("spec") or {}).get("selector") or {}
+            for pod in self.server.live_raw(PODS, namespace):
+                state = self.pods.get(pod["metadata"]["name"])
+                if state is None or not _matches(selector, pod["metadata"].get("labels") or {}):
+                    continue
+                for program in state.programs.values():
+                    password = getattr(program, "password", None)
+                    if password is not None and not program.box.init:
+                        found: str | None = password()
+                        return found
+        return None
 
     def migrate(self, namespace: str, host: str, image: str) -> None:
         key = f"{namespace}/{host}"
@@ -201,6 +233,25 @@ class Cluster:
         for pod in pods:
             await self._stop_pod(pod.raw["metadata"]["name"])
         await self.server.remove(pods)
+        retention = (obj.get("spec") or {}).get("persistentVolumeClaimRetentionPolicy") or {}
+        if obj.get("kind") == "StatefulSet" and retention.get("whenDeleted") == "Delete":
+            claims = set(self._claim_names(obj))
+            await self.server.remove(
+                c for c in self.server.live(CLAIMS, self.namespace)
+                if c.raw["metadata"]["name"] in claims
+            )  # fmt: skip
+            for claim in claims:
+                self.volumes.pop(f"{self.namespace}/{claim}", None)
+
+    @staticmethod
+    def _claim_names(statefulset: Mapping[str, Any]) -> list[str]:
+        name = statefulset["metadata"]["name"]
+        replicas = int(statefulset["spec"].get("replicas", 1))
+        return [
+            f"{template['metadata']['name']}-{name}-{index}"
+            for template in statefulset["spec"].get("volumeClaimTemplates") or []
+            for index in range(replicas)
+        ]
 
     # -- workloads ---------------------------------------------------------------------------
 
@@ -225,6 +276,8 @@ class Cluster:
         if len(new) > wanted:
             await self._remove_pods(new[wanted:])
             new = new[:wanted]
+        if kind == "StatefulSet":
+            await self._ensure_claims(workload)
         if kind != "Job" or not new:
             for index in range(len(new), wanted):
                 new.append(await self._create_pod(workload, current, index))
@@ -302,6 +355,29 @@ class Cluster:
 
     # -- pods --------------------------------------------------------------------------------
 
+    async def _ensure_claims(self, statefulset: Mapping[str, Any]) -> None:
+        """The StatefulSet controller's claims: made once, never deleted by it."""
+        existing = {c["metadata"]["name"] for c in self.server.live_raw(CLAIMS, self.namespace)}
+        templates = {
+            t["metadata"]["name"]: t for t in statefulset["spec"].get("volumeClaimTemplates") or []
+        }
+        for name in self._claim_names(statefulset):
+            if name in existing:
+                continue
+            template = templates[name.split("-", 1)[0]]
+            claim = {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {
+                    "name": name,
+                    "namespace": self.namespace,
+                    "labels": dict(template["metadata"].get("labels") or {}),
+                },
+                "spec": template["spec"],
+            }
+            created = await self.server.add(CLAIMS, claim)
+            await self.server.write_status(created, {"phase": "Bound"})
+
     async def _create_pod(self, workload: Any, template_hash: str, index: int) -> Any:
         meta = workload["metadata"]
         template = copy.deepcopy(workload["spec"]["template"])
@@ -310,6 +386,14 @@ class Cluster:
                   "pod-template-hash": template_hash}  # fmt: skip
         if workload["kind"] == "Job":
             labels["job-name"] = meta["name"]
+        spec = template["spec"]
+        for claim in workload["spec"].get("volumeClaimTemplates") or []:  # as the controller does
+            spec.setdefault("volumes", []).append({
+                "name": claim["metadata"]["name"],
+                "persistentVolumeClaim": {
+                    "claimName": f"{claim['metadata']['name']}-{meta['name']}-{index}"
+                },
+            })  # fmt: skip
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -323,7 +407,7 @@ class Cluster:
                     "name": meta["name"], "uid": meta["uid"], "controller": True,
                 }],
             },
-            "spec": template["spec"],
+            "spec": spec,
         }  # fmt: skip
         return await self.server.add(PODS, pod)
 
@@ -522,7 +606,7 @@ class Rig:
 @contextlib.asynccontextmanager
 async def helm_cluster(namespace: str, **options: Any) -> AsyncIterator[Rig]:
     """An emulated API server serving every built-in resource, the cluster, and Helm."""
-    async with ApiServer() as server, kmock.Server(server) as endpoint:
+    async with ApiServer(record=False) as server, kmock.Server(server) as endpoint:
         server.declare_cluster()
         url = str(endpoint.url).rstrip("/")
         async with Cluster(server, namespace, **options) as cluster:

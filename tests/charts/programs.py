@@ -14,7 +14,10 @@ behind (a migrated schema). The rules follow the real code:
 - the discount worker is ready once Redis and RabbitMQ answer (``/readyz``);
 - ``medbook-operator`` is ready at once (it needs the API server only);
 - the ``helm test`` pod succeeds once the booking Service has a ready pod;
-- the in-chart servers' images (and their init containers) are ready at once.
+- the in-chart servers' images (and their init containers) are ready at once;
+  PostgreSQL and RabbitMQ keep the password they initialised their data with (in
+  the pod's PersistentVolumeClaim), Redis takes its password at every start, and
+  a client with another password waits ("password authentication failed").
 
 A container nothing here knows fails, naming its command: a new kind of pod gets
 a rule before a test relies on it. A test can put real code in place of a rule
@@ -27,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 if TYPE_CHECKING:
     from tests.charts.cluster import Cluster
@@ -80,13 +83,25 @@ class Box:
         """One of the medbook images (not a third-party server's)."""
         return self.image.rsplit("/", 1)[-1].startswith("medbook-")
 
-    def reachable(self, host: str | None) -> Phase | None:
-        """``None`` when ``host`` answers, else why the process would wait for it."""
+    @property
+    def claims(self) -> list[str]:
+        """The PersistentVolumeClaims the pod mounts."""
+        return [
+            volume["persistentVolumeClaim"]["claimName"]
+            for volume in self.cluster.pod_volumes(self.pod)
+            if "persistentVolumeClaim" in volume
+        ]
+
+    def reachable(self, host: str | None, password: str | None = None) -> Phase | None:
+        """``None`` when ``host`` answers (and takes ``password``), else why the process waits."""
         if not host:
             return waiting("no host configured")
-        if self.cluster.reachable(self.namespace, host):
-            return None
-        return waiting(f"{host} does not answer")
+        if not self.cluster.reachable(self.namespace, host):
+            return waiting(f"{host} does not answer")
+        expected = self.cluster.server_password(self.namespace, host)
+        if password is not None and expected is not None and password != expected:
+            return waiting(f"{host}: password authentication failed")
+        return None
 
 
 @dataclass
@@ -109,13 +124,54 @@ class ThirdParty(Program):
     async def poll(self) -> Phase:
         return SUCCEEDED if self.box.init else READY
 
+    def password(self) -> str | None:
+        """The password clients must give (``None``: any, or none)."""
+        return None
+
+
+class DataServer(ThirdParty):
+    """PostgreSQL or RabbitMQ: the password given when the data was initialised is the one.
+
+    ``POSTGRES_PASSWORD`` and ``RABBITMQ_DEFAULT_PASS`` are read only when the server
+    initialises an empty data directory; later starts keep the data's own credentials.
+    """
+
+    variable = ""
+
+    async def poll(self) -> Phase:
+        data = self.box.cluster.volume_data(self.box)
+        data.setdefault("password", self.box.env.get(self.variable, ""))
+        return READY
+
+    def password(self) -> str | None:
+        return self.box.cluster.volume_data(self.box).get("password")
+
+
+class Postgres(DataServer):
+    variable = "POSTGRES_PASSWORD"
+
+
+class RabbitMQ(DataServer):
+    variable = "RABBITMQ_DEFAULT_PASS"
+
+
+class Redis(ThirdParty):
+    """Redis takes its password at every start (``requirepass`` in a config it writes)."""
+
+    def password(self) -> str | None:
+        return self.box.env.get("REDIS_PASSWORD")
+
+
+def _database(box: Box) -> Phase | None:
+    return box.reachable(box.env.get("DB_HOST"), box.env.get("DB_PASSWORD"))
+
 
 class Migrate(Program):
     """``medbook-migrate`` (upgrade): the database to the image's revision."""
 
     async def poll(self) -> Phase:
         host = self.box.env.get("DB_HOST")
-        blocked = self.box.reachable(host)
+        blocked = _database(self.box)
         if blocked:
             return blocked
         assert host is not None
@@ -128,7 +184,7 @@ class WaitForSchema(Program):
 
     async def poll(self) -> Phase:
         host = self.box.env.get("DB_HOST")
-        blocked = self.box.reachable(host)
+        blocked = _database(self.box)
         if blocked:
             return blocked
         assert host is not None
@@ -139,14 +195,18 @@ class WaitForSchema(Program):
 
 class BookingApi(Program):
     async def poll(self) -> Phase:
-        return self.box.reachable(self.box.env.get("DB_HOST")) or READY
+        return _database(self.box) or READY
 
 
 class DiscountWorker(Program):
     async def poll(self) -> Phase:
         redis = self.box.env.get("REDIS_HOST")
-        rabbit = urlsplit(self.box.env.get("MEDBOOK_RABBITMQ_URL", "")).hostname
-        return self.box.reachable(redis) or self.box.reachable(rabbit) or READY
+        rabbit = urlsplit(self.box.env.get("MEDBOOK_RABBITMQ_URL", ""))
+        return (
+            self.box.reachable(redis, self.box.env.get("REDIS_PASSWORD"))
+            or self.box.reachable(rabbit.hostname, unquote(rabbit.password or ""))
+            or READY
+        )
 
 
 class Operator(Program):
@@ -175,7 +235,11 @@ ProgramFactory = Callable[[Box], Program]
 def default_program(box: Box) -> Program:
     command = box.command
     if not box.ours:
-        return ThirdParty(box)
+        image = box.image.rsplit("/", 1)[-1].split(":")[0]
+        servers: dict[str, type[ThirdParty]] = {
+            "postgres": Postgres, "rabbitmq": RabbitMQ, "redis": Redis,
+        }  # fmt: skip
+        return servers.get(image, ThirdParty)(box) if not box.init else ThirdParty(box)
     if command[:1] == ["medbook-migrate"]:
         if command[1:2] == ["wait"]:
             return WaitForSchema(box)

@@ -54,6 +54,7 @@ POLICIES = kmock.resource("medbook.io/v1alpha1/quotapolicies")
 CRDS = kmock.resource("apiextensions.k8s.io/v1/customresourcedefinitions")
 WITH_STATUS = {"quotapolicies", "cronjobs"}  # when the resource is declared without subresources
 KUBE_VERSION = "1.28.7"
+_RECENT = 64  # requests kept when not recording (those still being matched, at most)
 
 
 def _with_data(request: kmock.Request, data: Any) -> kmock.Request:
@@ -166,6 +167,13 @@ class ApiServer(kmock.KubernetesEmulator):
     _writes: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
     # Told of every object deleted, before the delete is answered (a pretend cluster's hook).
     on_delete: DeleteHook | None = attrs.field(default=None, init=False)
+    # Keep every request (tests read them back); off, only the last few: kmock matches each
+    # request against the ones before it, which gets slow over thousands of Helm's.
+    record: bool = attrs.field(default=True)
+    _index: dict[tuple[Any, ...], list[tuple[str | None, Any]]] = attrs.field(
+        factory=dict, init=False
+    )
+    _index_version: tuple[int, int] = attrs.field(default=(-1, -1), init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -340,6 +348,8 @@ class ApiServer(kmock.KubernetesEmulator):
     # -- writes ------------------------------------------------------------------------------
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        if not self.record:
+            del self._requests[:-_RECENT]
         if request.resource is not None and request.action == kmock.action.WATCH:
             return await self._watch(request)
         if request.resource is not None and request.action == kmock.action.DELETE:
@@ -470,10 +480,16 @@ class ApiServer(kmock.KubernetesEmulator):
     def live(self, resource: str | kmock.resource, namespace: str | None = None) -> list[Any]:
         """The objects of ``resource`` that exist (not deleted), optionally in ``namespace``."""
         wanted = kmock.resource(resource) if isinstance(resource, str) else resource
+        if self._index_version != (self._version, len(self.objects)):
+            index: dict[tuple[Any, ...], list[tuple[str | None, Any]]] = {}
+            for (res, ns, _), obj in list(self.objects.items()):
+                key = (res.group, res.version, res.plural)
+                index.setdefault(key, []).append((ns, obj))
+            self._index, self._index_version = index, (self._version, len(self.objects))
         return [
             obj
-            for (res, ns, _), obj in list(self.objects.items())
-            if res == wanted and not obj.deleted and (namespace is None or ns == namespace)
+            for ns, obj in self._index.get((wanted.group, wanted.version, wanted.plural), [])
+            if not obj.deleted and (namespace is None or ns == namespace)
         ]
 
     def live_raw(

@@ -257,7 +257,7 @@ def _eval_error(exc: BaseException) -> str:
         missing = re.search(r"no such member in mapping: \\*'([^'\\]+)", text)
         if missing:
             return f"no such key: {missing.group(1)}"
-    return texts[0] if texts else repr(exc)
+    return texts[0].split(" (in activation")[0] if texts else repr(exc)
 
 
 def cel_problems(node: Mapping[str, Any], value: Any, path: str) -> Iterator[CelProblem]:

@@ -123,20 +123,78 @@ app.kubernetes.io/part-of: medbook
 {{- end }}
 
 {{/*
-A password for an in-chart server: the value given, else the one already in the
-release's Secret (kept across upgrades), else a new random one.
-Call with (list . "postgresql" "DB_PASSWORD").
+A generated credential of an in-chart server: the value given in values, else the one in
+the release's Secret (kept across upgrades, and across uninstall and install: the Secret
+has helm.sh/resource-policy: keep, like the server's PersistentVolumeClaim), else a new
+random one. Refuses to render when the server's kept data was initialised with a
+credential this release cannot know, or that differs from the one given: PostgreSQL and
+RabbitMQ take their credential only when they initialise their data.
+Call with (list . "postgresql" "DB_PASSWORD" <given> <bound to the data>).
 */}}
-{{- define "medbook.infraPassword" -}}
+{{- define "medbook.generatedSecret" -}}
 {{- $ctx := index . 0 }}
 {{- $component := index . 1 }}
 {{- $key := index . 2 }}
-{{- $given := (index $ctx.Values $component).auth.password }}
-{{- if $given }}{{ $given }}
-{{- else }}
-{{- $existing := lookup "v1" "Secret" $ctx.Release.Namespace (include "medbook.componentName" (list $ctx $component 52)) }}
-{{- if and $existing $existing.data (hasKey $existing.data $key) }}{{ index $existing.data $key | b64dec }}
-{{- else }}{{ randAlphaNum 32 }}{{ end }}
+{{- $given := index . 3 }}
+{{- $bound := index . 4 }}
+{{- $name := include "medbook.componentName" (list $ctx $component 52) }}
+{{- $kept := lookup "v1" "Secret" $ctx.Release.Namespace $name }}
+{{- $old := "" }}
+{{- if and $kept $kept.data (hasKey $kept.data $key) }}{{ $old = index $kept.data $key | b64dec }}{{ end }}
+{{- $claim := printf "data-%s-0" $name }}
+{{- $data := and $bound (index $ctx.Values $component).persistence.enabled (lookup "v1" "PersistentVolumeClaim" $ctx.Release.Namespace $claim) }}
+{{- $wipe := printf "kubectl -n %s delete pvc %s" $ctx.Release.Namespace $claim }}
+{{- if and $data $given $old (ne $given $old) }}
+{{- fail (printf "%s.auth.password differs from the password in the Secret %s, with which the data in the PersistentVolumeClaim %s was initialised: %s would keep the old one and refuse the new. Change it in the server first, or delete the old data (%s)." $component $name $claim $component $wipe) }}
+{{- end }}
+{{- if and $data (not $given) (not $old) }}
+{{- fail (printf "the PersistentVolumeClaim %s holds %s data initialised with a password this release cannot know: the Secret %s that kept it is gone. Give that password (--set %s.auth.password=...), or delete the old data (%s)." $claim $component $name $component $wipe) }}
+{{- end }}
+{{- $given | default $old | default (randAlphaNum 32) }}
+{{- end }}
+
+{{- define "medbook.infraPassword" -}}
+{{- $ctx := index . 0 }}
+{{- $component := index . 1 }}
+{{- $bound := ne $component "redis" }}{{/* Redis takes its password at every start */}}
+{{- include "medbook.generatedSecret" (list $ctx $component (index . 2) (index $ctx.Values $component).auth.password $bound) }}
+{{- end }}
+
+{{/*
+The annotations of a server's generated Secret: it outlives the release as long as the
+server's data does (a PersistentVolumeClaim the uninstall leaves). Call with the
+server's persistence values.
+*/}}
+{{- define "medbook.keptSecret" -}}
+{{- if and .enabled (not .deleteClaimsOnUninstall) }}
+annotations:
+  helm.sh/resource-policy: keep
+{{- end }}
+{{- end }}
+
+{{/*
+What a StatefulSet of an in-chart server sets on its pods' volumes: fsGroup is applied
+once, when the volume's root does not match yet (fsGroupChangePolicy: OnRootMismatch),
+not at every mount: a recursive chmod would make RabbitMQ's Erlang cookie and
+PostgreSQL's data directory group-accessible, which both refuse.
+Call with the user id.
+*/}}
+{{- define "medbook.serverPodSecurity" -}}
+runAsNonRoot: true
+runAsUser: {{ . }}
+runAsGroup: {{ . }}
+fsGroup: {{ . }}
+fsGroupChangePolicy: OnRootMismatch
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* What happens to a server's PersistentVolumeClaim when the release is uninstalled. */}}
+{{- define "medbook.claimRetention" -}}
+{{- if .deleteClaimsOnUninstall }}
+persistentVolumeClaimRetentionPolicy:
+  whenDeleted: Delete
+  whenScaled: Retain
 {{- end }}
 {{- end }}
 
