@@ -25,6 +25,7 @@ from medbook_operator import GROUP, MANAGER, PLURAL, VERSION
 log = logging.getLogger(__name__)
 
 MERGE_PATCH: Final = "application/merge-patch+json"
+JSON_PATCH: Final = "application/json-patch+json"
 
 
 class ApiError(Exception):
@@ -44,7 +45,7 @@ def _version() -> str:
         return "dev"
 
 
-def _client(info: kopf.ConnectionInfo, timeout: float) -> httpx.AsyncClient:
+def _client(info: kopf.ConnectionInfo, timeout: float, agent: str) -> httpx.AsyncClient:
     verify: Any = True
     if info.server.startswith("https:"):
         verify = info.as_ssl_context()
@@ -53,7 +54,7 @@ def _client(info: kopf.ConnectionInfo, timeout: float) -> httpx.AsyncClient:
         headers={
             **info.as_http_headers(),
             "Accept": "application/json",
-            "User-Agent": f"{MANAGER}/{_version()}",
+            "User-Agent": f"{agent}/{_version()}",
         },
         verify=verify,
         timeout=timeout,
@@ -63,6 +64,8 @@ def _client(info: kopf.ConnectionInfo, timeout: float) -> httpx.AsyncClient:
 
 class KubeApi:
     """CronJobs and QuotaPolicy status in one namespace, and the QuotaPolicy list."""
+
+    agent: str = MANAGER  # the User-Agent's product: who makes the calls (audit logs, tests)
 
     def __init__(self, login: Callable[[], kopf.ConnectionInfo], timeout: float = 10.0) -> None:
         self._login = login
@@ -76,7 +79,7 @@ class KubeApi:
 
     async def _renew(self) -> httpx.AsyncClient:
         await self.close()
-        self._http = _client(self._login(), self._timeout)
+        self._http = _client(self._login(), self._timeout, self.agent)
         return self._http
 
     async def request(

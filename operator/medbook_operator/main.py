@@ -7,6 +7,7 @@ Events twice.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
@@ -121,11 +122,43 @@ def setup_logging(settings: OperatorSettings) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    commands = argparse.ArgumentParser(
+        prog="medbook-operator",
+        description="The quota operator: reconciles the QuotaPolicy objects of its namespace. "
+        "Settings come from the environment (MEDBOOK_OPERATOR_*, the Redis settings, "
+        "MEDBOOK_CLEANUP_*; see docs/operator.md).",
+    )
+    sub = commands.add_subparsers(dest="command", metavar="{run,uninstall}")
+    sub.add_parser("run", help="run the operator (the default)")
+    release = sub.add_parser(
+        "uninstall",
+        help="stop the operator and release its namespace (the chart's pre-delete hook)",
+        description="Scale the operator's Deployment to 0 and wait for its pods, delete the "
+        "cleanup CronJobs, remove the operator's finalizer from every QuotaPolicy (marking "
+        "them not in force), and withdraw the policy this namespace published. QuotaPolicy "
+        "objects stay. Exit 0 when done, 1 with the reason otherwise.",
+    )
+    release.add_argument(
+        "--deployment", required=True, help="the operator's Deployment, in the same namespace"
+    )
+    release.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds to wait for the operator's pods"
+    )
+    return commands
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     settings = OperatorSettings()
     setup_logging(settings)
+    if args.command == "uninstall":
+        from medbook_operator.uninstall import uninstall
+
+        return asyncio.run(uninstall(settings, args.deployment, args.timeout))
     asyncio.run(QuotaOperator(settings).run())
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -117,6 +117,9 @@ class Reconciler:
             alive_me = {**me, "metadata": {**me["metadata"], "deletionTimestamp": None}}
             was_in_force = elect([*others, alive_me]) is alive_me
             successor = elect(others)
+            # Its CronJob goes now, not when the garbage collector gets to it (nor never,
+            # in a namespace being deleted): a deleted policy's sweep must not run again.
+            await self._drop_own_cronjob(me)
             if not was_in_force:
                 log.info("QuotaPolicy %s was not in force; nothing to withdraw", name)
             elif successor is not None:

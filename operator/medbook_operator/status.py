@@ -22,6 +22,7 @@ class Reason(StrEnum):
     INVALID_SPEC = "InvalidSpec"
     REDIS_UNAVAILABLE = "RedisUnavailable"
     CRONJOB_FAILED = "CronJobFailed"
+    NO_OPERATOR = "NoOperator"  # written by `medbook-operator uninstall`
 
 
 @dataclass(frozen=True)

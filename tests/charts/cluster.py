@@ -35,7 +35,7 @@ import contextlib
 import copy
 import hashlib
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -604,9 +604,14 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def helm_cluster(namespace: str, **options: Any) -> AsyncIterator[Rig]:
-    """An emulated API server serving every built-in resource, the cluster, and Helm."""
-    async with ApiServer(record=False) as server, kmock.Server(server) as endpoint:
+async def helm_cluster(
+    namespace: str, *, keep: Callable[[kmock.Request], bool] | None = None, **options: Any
+) -> AsyncIterator[Rig]:
+    """An emulated API server serving every built-in resource, the cluster, and Helm.
+
+    ``keep`` chooses the requests to keep for the test (``rig.server.kept``).
+    """
+    async with ApiServer(record=False, keep=keep) as server, kmock.Server(server) as endpoint:
         server.declare_cluster()
         url = str(endpoint.url).rstrip("/")
         async with Cluster(server, namespace, **options) as cluster:

@@ -17,9 +17,11 @@ from typing import Any
 import pytest
 
 from medbook_operator import GROUP, PLURAL
+from medbook_operator import uninstall as uninstall_module
 from medbook_operator.kube import KubeApi
 from medbook_operator.main import QuotaOperator
 from medbook_operator.settings import OperatorSettings
+from medbook_operator.uninstall import UninstallApi
 from tests.charts.rendering import Scenario, container, find, one, pod_template, render, scenarios
 from tests.operator.crd_schema import admit
 
@@ -96,12 +98,12 @@ def test_the_role_allows_every_call_the_operator_makes(
 ) -> None:
     manifests = render("medbook-operator", values)
     settings = _settings_from(manifests, monkeypatch)
-    [role] = find(manifests, "Role")
-    rules = role.doc["rules"]
+    rules = one(manifests, "Role", OPERATOR)["rules"]
     needed = _client_calls() | _kopf_calls(settings)
     missing = sorted(c for c in needed if not _allowed(rules, *c))
     assert not missing, f"the Role lacks {missing}"
-    assert all("*" not in rule["verbs"] + rule["resources"] for rule in rules)
+    for role in find(manifests, "Role"):  # the operator's and its uninstall hook's
+        assert all("*" not in rule["verbs"] + rule["resources"] for rule in role.doc["rules"])
     assert not find(manifests, "ClusterRole")
 
 
@@ -147,3 +149,86 @@ def test_the_optional_policy_is_one_the_crd_admits(scenario: Scenario) -> None:
             assert errors == []
             assert defaulted["spec"]["dailyLimit"] >= 0
     assert not find(render("medbook-operator"), "QuotaPolicy")  # off by default
+
+
+# -- the uninstall hook ----------------------------------------------------------------------
+
+HOOK = "medbook-medbook-operator-uninstall"
+
+
+def _uninstall_calls() -> set[tuple[str, str, str]]:
+    """(group, resource, verb) of every API call `medbook-operator uninstall` makes.
+
+    The calls are the API methods its code calls (``self.api.<method>(``), each named
+    by its docstring as in :func:`_client_calls`.
+    """
+    source = inspect.getsource(uninstall_module)
+    used = set(re.findall(r"self\.api\.(\w+)\(", source))
+    groups = {"_policies": GROUP, "_cronjobs": "batch", "/apis/apps/": "apps", "/api/v1/": ""}
+    calls = set()
+    for name in used:
+        method = getattr(UninstallApi, name)
+        doc = (method.__doc__ or "").strip().splitlines()[0]
+        match = re.fullmatch(r"(get|list|watch|create|update|patch|delete) ([a-z/]+)", doc)
+        assert match, f"UninstallApi.{name} names no call in its docstring: {doc!r}"
+        body = inspect.getsource(method)
+        [group] = {g for marker, g in groups.items() if marker in body}
+        calls.add((group, match.group(2), match.group(1)))
+    return calls
+
+
+def _hooks(manifests: list) -> dict[str, dict[str, Any]]:
+    return {f"{m.kind}/{m.name}": m.doc for m in manifests if "helm.sh/hook" in m.annotations}
+
+
+def test_uninstall_runs_a_pre_delete_hook_with_rights_of_its_own() -> None:
+    manifests = render("medbook-operator", WIRED)
+    hooks = _hooks(manifests)
+    assert set(hooks) == {f"{kind}/{HOOK}" for kind in
+                          ("ServiceAccount", "Role", "RoleBinding", "NetworkPolicy", "Job")}  # fmt: skip
+    for doc in hooks.values():
+        annotations = doc["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == "pre-delete"
+        assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    weights = {key: int(doc["metadata"]["annotations"]["helm.sh/hook-weight"])
+               for key, doc in hooks.items()}  # fmt: skip
+    job = weights.pop(f"Job/{HOOK}")
+    assert all(weight < job for weight in weights.values())  # its rights exist before it runs
+    rules = hooks[f"Role/{HOOK}"]["rules"]
+    needed = _uninstall_calls()
+    missing = sorted(c for c in needed if not _allowed(rules, *c))
+    assert not missing, f"the hook's Role lacks {missing}"
+    granted = {(g, r, v) for rule in rules for g in rule["apiGroups"]
+               for r in rule["resources"] for v in rule["verbs"]}  # fmt: skip
+    assert granted == needed, f"more than it needs: {granted - needed}"
+    [deployment_rule] = [r for r in rules if r["resources"] == ["deployments"]]
+    assert deployment_rule["resourceNames"] == [OPERATOR]  # only its own operator
+
+
+def test_the_hook_stops_this_operator_with_the_operators_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    manifests = render("medbook-operator", WIRED)
+    pod = pod_template(one(manifests, "Job", HOOK))
+    assert pod["spec"]["serviceAccountName"] == HOOK
+    [box] = pod["spec"]["containers"]
+    assert box["command"][:4] == ["medbook-operator", "uninstall", "--deployment", OPERATOR]
+    operator = container(manifests, "Deployment", OPERATOR, "operator")
+    assert (box["image"], box["env"], box["envFrom"]) == (
+        operator["image"], operator["env"], operator["envFrom"],
+    )  # fmt: skip
+    # Nothing of the operator's selects the hook's pod, which Redis still lets in.
+    labels = pod["metadata"]["labels"]
+    selector = one(manifests, "Deployment", OPERATOR)["spec"]["selector"]["matchLabels"]
+    assert not selector.items() <= labels.items()
+    assert (labels["app.kubernetes.io/part-of"], labels["app.kubernetes.io/component"]) == (
+        "medbook", "operator",
+    )  # fmt: skip
+
+
+def test_without_rbac_of_its_own_the_hook_runs_as_the_operator() -> None:
+    values = {"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "ops"}}
+    manifests = render("medbook-operator", values)
+    assert set(_hooks(manifests)) == {f"NetworkPolicy/{HOOK}", f"Job/{HOOK}"}
+    assert pod_template(one(manifests, "Job", HOOK))["spec"]["serviceAccountName"] == "ops"
+    assert not _hooks(render("medbook-operator", {"uninstall": {"enabled": False}}))

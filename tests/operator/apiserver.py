@@ -24,8 +24,9 @@ HTTP. This adds what a real API server does and kmock leaves out:
 Not emulated: controllers (the garbage collector, Deployments, Jobs, kubelet:
 ``tests/charts/cluster.py`` plays those where a test needs them), admission
 webhooks, RBAC (``test_rbac`` checks the calls against the Role instead),
-strategic-merge and server-side-apply patches (Helm is run with
-``--force-replace``, which replaces objects).
+strategic-merge patches (Helm is run with ``--force-replace``, which replaces
+objects) and the field ownership of server-side apply (an apply creates the
+object, or merges what it names: enough for the hooks Helm applies).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import aiohttp.web
 import attrs
 import jsonpatch
 import kmock
+import yaml
 from kmock._internal import dicts  # the emulator's own merge-patch, for the same semantics
 
 from tests.operator import crd_checks, crd_schema
@@ -88,6 +90,11 @@ def _prefer_newest(group: dict[str, Any]) -> dict[str, Any]:
     group["versions"].sort(key=lambda v: version_priority(v["version"]))
     group["preferredVersion"] = group["versions"][0]
     return group
+
+
+def _applies(request: kmock.Request) -> bool:
+    content_type = str(request.headers.get("Content-Type", ""))
+    return request.method == "PATCH" and content_type.startswith("application/apply-patch")
 
 
 # -- selectors -----------------------------------------------------------------------------
@@ -170,6 +177,9 @@ class ApiServer(kmock.KubernetesEmulator):
     # Keep every request (tests read them back); off, only the last few: kmock matches each
     # request against the ones before it, which gets slow over thousands of Helm's.
     record: bool = attrs.field(default=True)
+    # Not recording, the requests this says yes to are kept in `kept` all the same.
+    keep: Callable[[kmock.Request], bool] | None = attrs.field(default=None)
+    kept: list[kmock.Request] = attrs.field(factory=list, init=False)
     _index: dict[tuple[Any, ...], list[tuple[str | None, Any]]] = attrs.field(
         factory=dict, init=False
     )
@@ -350,12 +360,16 @@ class ApiServer(kmock.KubernetesEmulator):
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         if not self.record:
             del self._requests[:-_RECENT]
+            if self.keep is not None and self.keep(request):
+                self.kept.append(request)
         if request.resource is not None and request.action == kmock.action.WATCH:
             return await self._watch(request)
         if request.resource is not None and request.action == kmock.action.DELETE:
             return await self._deleted(request)
         if request.resource is not None and request.method == "PUT" and request.name:
             object.__setattr__(request, "action", kmock.action.UPDATE)  # a replace is an update
+        if request.resource is not None and request.name and _applies(request):
+            request = self._applied(request)
         if request.resource is None or request.action not in (
             kmock.action.CREATE,
             kmock.action.UPDATE,
@@ -380,6 +394,18 @@ class ApiServer(kmock.KubernetesEmulator):
         if before is not None and gone and self.on_delete is not None:
             await self.on_delete(request.resource, before)
         return response
+
+    def _applied(self, request: kmock.Request) -> kmock.Request:
+        """A server-side apply: a create when the object is new, else its fields merged.
+
+        The field managers' ownership is not kept: an apply replaces what it names.
+        """
+        applied = request.data if isinstance(request.data, dict) else yaml.safe_load(request.text)
+        key = (request.resource, request.namespace, request.name)
+        exists = key in self.objects and not self.objects[key].deleted
+        action = kmock.action.UPDATE if exists else kmock.action.CREATE
+        object.__setattr__(request, "action", action)
+        return _with_data(request, applied)
 
     def _next_version(self) -> str:
         self._version += 1

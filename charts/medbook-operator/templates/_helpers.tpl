@@ -127,3 +127,55 @@ checkov findings that remain on purpose, suppressed in place with their reason
 checkov.io/skip{{ add1 $i }}: {{ printf "%s=%s" $id (index $reasons $id) | quote }}
 {{- end }}
 {{- end }}
+
+{{/*
+The uninstall hook's pods and objects: the operator's part-of and component (so the apps'
+Redis NetworkPolicy admits them) under a name of their own, so that the operator's
+Deployment, NetworkPolicy and PodMonitor never select them.
+*/}}
+{{- define "medbook-operator.uninstallSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "medbook-operator.name" . | trunc 53 | trimSuffix "-" }}-uninstall
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "medbook-operator.uninstallLabels" -}}
+helm.sh/chart: {{ include "medbook-operator.chart" . }}
+{{ include "medbook-operator.uninstallSelectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: medbook
+{{- end }}
+
+{{/* A pre-delete hook of the given weight, gone once every hook of the uninstall succeeded. */}}
+{{- define "medbook-operator.uninstallHook" -}}
+helm.sh/hook: pre-delete
+helm.sh/hook-weight: {{ . | quote }}
+helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+{{- end }}
+
+{{/* Where the operator's pods (and the uninstall hook's) may connect: DNS, the API, Redis. */}}
+{{- define "medbook-operator.egress" -}}
+{{- $np := .Values.networkPolicy -}}
+- to:
+    {{- toYaml $np.dns | nindent 4 }}
+  ports:
+    - {protocol: UDP, port: 53}
+    - {protocol: TCP, port: 53}
+- ports:
+    {{- range $np.apiServer.ports }}
+    - {protocol: TCP, port: {{ . }}}
+    {{- end }}
+  {{- with $np.apiServer.to }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+- ports:
+    - {protocol: TCP, port: {{ .Values.redis.port }}}
+  {{- with $np.redisTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
