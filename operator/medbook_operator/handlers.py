@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+from enum import Enum
 from typing import Any
 
 import kopf
@@ -54,8 +55,9 @@ def register(
     @kopf.on.resume(*resource, id="reconcile", registry=registry)
     @kopf.on.create(*resource, id="reconcile", registry=registry)
     @kopf.on.update(*resource, id="reconcile", field="spec", registry=registry)
-    async def reconcile(name: str, reason: kopf.Reason, **_: Any) -> None:
-        await reconciler.reconcile(name, str(reason.value))
+    async def reconcile(name: str, reason: str, **_: Any) -> None:
+        # kopf passes a kopf.Reason (a str enum): its value is the handler's name.
+        await reconciler.reconcile(name, reason.value if isinstance(reason, Enum) else reason)
 
     @kopf.timer(*resource, id="status", interval=settings.status_interval, registry=registry)
     async def refresh(name: str, **_: Any) -> None:

@@ -228,7 +228,7 @@ class Reconciler:
         document = policy.to_json()
         # Recorded with the policy, so tools (medbook scenario quota) change it through its owner.
         owner = f"QuotaPolicy {self.namespace}/{_name(me)}"
-        current = await self.redis.get(self.store.key)
+        current = await self.store.raw()
         unchanged = current is not None and current.decode() == document
         if unchanged and await self.store.owner() == owner:
             return

@@ -28,9 +28,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from medbook.discount.policy import PolicyStore
+from medbook.discount.policy_store import PolicyStore
+from medbook.failures import DependencyError
 from medbook_operator import cronjob
 from medbook_operator.handlers import FINALIZER
 from medbook_operator.kube import JSON_PATCH, MERGE_PATCH, ApiError, KubeApi
@@ -114,17 +114,18 @@ class Uninstall:
         """Release the namespace; ``pods_within`` seconds for the operator's pods to stop."""
         deadline = time.monotonic() + pods_within
         try:
-            await self.store.redis.ping()
-        except (RedisError, OSError) as exc:
+            owner = await self.store.owner()  # Redis answers, before anything changes
+        except DependencyError as exc:
             raise UninstallFailed(
-                f"Redis cannot be reached ({exc}), so the published policy could not be "
-                "withdrawn; nothing was changed. Fix Redis and uninstall again, or uninstall "
-                "with --no-hooks and withdraw the policy yourself (medbook quota)"
+                f"Redis cannot be reached ({exc.detail}), so the published policy could not "
+                "be withdrawn; nothing was changed. Fix Redis and uninstall again, or "
+                "uninstall with --no-hooks and release the namespace by hand "
+                "(docs/operator.md, Uninstalling)"
             ) from exc
         await self._stop_operator(deadline)
         for policy in await self.api.list_policies(self.namespace):
             await self._release(policy)
-        owner = await self.store.owner()
+        owner = await self.store.owner()  # the operator may have published meanwhile
         if owner and owner.startswith(f"{OWNER_PREFIX}{self.namespace}/"):
             await self.store.withdraw()
             log.info("the policy published by %s is withdrawn", owner)
@@ -228,7 +229,7 @@ async def uninstall(settings: OperatorSettings, deployment: str, pods_within: fl
     )
     try:
         await Uninstall(settings, api, redis, deployment).run(pods_within)
-    except (UninstallFailed, ApiError) as exc:
+    except (UninstallFailed, ApiError, DependencyError) as exc:
         log.error("uninstall failed: %s", exc)
         return 1
     finally:

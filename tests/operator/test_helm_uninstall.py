@@ -25,7 +25,7 @@ import pytest
 import yaml
 from redis.asyncio import Redis
 
-from medbook.discount.policy import PolicyStore
+from medbook.discount.policy_store import PolicyStore
 from medbook_operator.handlers import FINALIZER
 from medbook_operator.main import parser
 from medbook_operator.settings import OperatorSettings, RedisConnection

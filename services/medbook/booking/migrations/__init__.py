@@ -223,7 +223,7 @@ def _upgrade(url: str, revision: str, wait_for: float) -> int:
         log.warning("%s: nothing to do (this version cannot downgrade it)", state.detail)
         return 0
     upgrade(url, revision)
-    log.info("%s", schema_state(url).detail)
+    log.info("database is at revision %s: %s", revision, schema_state(url).detail)
     return 0
 
 
