@@ -30,20 +30,21 @@ order, for tests that check an order.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import copy
 import hashlib
 import json
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import kmock
 
-from tests.charts.helm_actions import Helm
+from tests.charts.pod_environment import PodInputs
 from tests.charts.programs import Box, Phase, Program, ProgramFactory, default_program, waiting
-from tests.operator.apiserver import ApiServer, api_version
+from tests.charts.workload_status import workload_status
+from tests.operator.apiserver import ApiServer
+from tests.operator.discovery import api_version
 
 TICK = 0.05
 WORKLOADS = ("apps/v1/deployments", "apps/v1/statefulsets", "batch/v1/jobs")
@@ -94,6 +95,7 @@ class Cluster:
         self.volumes: dict[str, dict[str, str]] = {}  # claim (or pod) -> what the data holds
         self.timeline: list[tuple[str, str, str]] = []  # (what, whose, detail)
         self.pods: dict[str, PodState] = {}
+        self.inputs = PodInputs(server, namespace)
         self._task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         server.on_delete = self._on_delete
@@ -294,64 +296,8 @@ class Cluster:
         if old and ready == wanted:  # a rolling update: the new pods are ready
             await self._remove_pods(old)
             old = []
-        status = self._status(workload, current, len(new), len(old), ready, done, failures)
+        status = workload_status(workload, current, len(new), len(old), ready, done, failures)
         await self.server.write_status(view, status)
-
-    @staticmethod
-    def _status(
-        workload: Mapping[str, Any],
-        current: str,
-        new: int,
-        old: int,
-        ready: int,
-        done: int,
-        failed: list[str],
-    ) -> dict[str, Any]:
-        kind, meta, spec = workload["kind"], workload["metadata"], workload["spec"]
-        wanted = int(spec.get("replicas", 1))
-        generation = meta.get("generation", 1)
-        if kind == "Job":
-            status: dict[str, Any] = {"startTime": meta["creationTimestamp"]}
-            if done:
-                status.update(succeeded=1, completionTime=meta["creationTimestamp"], conditions=[
-                    {"type": "SuccessCriteriaMet", "status": "True"},
-                    {"type": "Complete", "status": "True"},
-                ])  # fmt: skip
-            elif failed:
-                status.update(failed=1, conditions=[
-                    {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                     "message": failed[0]},
-                ])  # fmt: skip
-            else:
-                status["active"] = new
-            return status
-        complete = ready == wanted and not old
-        if kind == "StatefulSet":
-            revision = f"{meta['name']}-{current}"
-            return {
-                "observedGeneration": generation,
-                "replicas": new + old,
-                "readyReplicas": ready,
-                "availableReplicas": ready,
-                "currentReplicas": new if complete else old,
-                "updatedReplicas": new,
-                "currentRevision": revision if complete else f"{meta['name']}-previous",
-                "updateRevision": revision,
-            }
-        return {
-            "observedGeneration": generation,
-            "replicas": new + old,
-            "updatedReplicas": new,
-            "readyReplicas": ready + old,
-            "availableReplicas": ready + old,
-            "unavailableReplicas": max(0, wanted - ready - old),
-            "conditions": [
-                {"type": "Available", "status": "True" if complete or old else "False",
-                 "reason": "MinimumReplicasAvailable"},
-                {"type": "Progressing", "status": "True",
-                 "reason": "NewReplicaSetAvailable" if complete else "ReplicaSetUpdated"},
-            ],
-        }  # fmt: skip
 
     # -- pods --------------------------------------------------------------------------------
 
@@ -432,7 +378,7 @@ class Cluster:
 
     async def _advance(self, pod: Any, state: PodState) -> Phase:
         spec = pod["spec"]
-        missing = self._missing_references(spec)
+        missing = self.inputs.missing_references(spec)
         if missing:
             return waiting(missing)
         for init in spec.get("initContainers") or []:
@@ -455,7 +401,7 @@ class Cluster:
         program = state.programs.get(spec["name"])
         if program is None:
             box = Box(self, self.namespace, pod["metadata"]["name"], state.owner,
-                      dict(spec), self._environment(pod, spec), init)  # fmt: skip
+                      dict(spec), self.inputs.environment(pod, spec), init)  # fmt: skip
             factory = self._factory(box)
             program = state.programs[spec["name"]] = factory(box)
         return await program.poll()
@@ -489,134 +435,3 @@ class Cluster:
         if state.phase.reason:
             status["message"] = state.phase.reason
         return status
-
-    # -- the environment, as the kubelet builds it ---------------------------------------------
-
-    def _object(self, resource: str, name: str) -> Any | None:
-        for obj in self.server.live_raw(resource, self.namespace):
-            if obj["metadata"]["name"] == name:
-                return obj
-        return None
-
-    def _secret_data(self, name: str) -> dict[str, str] | None:
-        secret = self._object("v1/secrets", name)
-        if secret is None:
-            return None
-        data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
-        return {**data, **(secret.get("stringData") or {})}
-
-    def _configmap_data(self, name: str) -> dict[str, str] | None:
-        configmap = self._object("v1/configmaps", name)
-        return None if configmap is None else dict(configmap.get("data") or {})
-
-    def _missing_references(self, spec: Mapping[str, Any]) -> str | None:
-        """Why the kubelet cannot start the pod yet (a missing object), or ``None``."""
-        account = spec.get("serviceAccountName")
-        if account and account != "default" and self._object("v1/serviceaccounts", account) is None:
-            return f"serviceaccount {account!r} not found"
-        for box in [*(spec.get("initContainers") or []), *spec["containers"]]:
-            for source in box.get("envFrom") or []:
-                for key, read in (("secretRef", self._secret_data),
-                                  ("configMapRef", self._configmap_data)):  # fmt: skip
-                    ref = source.get(key)
-                    if ref and not ref.get("optional") and read(ref["name"]) is None:
-                        return f"CreateContainerConfigError: {key} {ref['name']!r} not found"
-            for item in box.get("env") or []:
-                for key, read in (("secretKeyRef", self._secret_data),
-                                  ("configMapKeyRef", self._configmap_data)):  # fmt: skip
-                    ref = (item.get("valueFrom") or {}).get(key)
-                    if ref and not ref.get("optional"):
-                        data = read(ref["name"])
-                        if data is None or ref["key"] not in data:
-                            return (
-                                f"CreateContainerConfigError: {ref['name']}/{ref['key']} not found"
-                            )
-        for volume in spec.get("volumes") or []:
-            for key, read in (("secret", self._secret_data), ("configMap", self._configmap_data)):
-                ref = volume.get(key)
-                if ref and not ref.get("optional"):
-                    name = ref.get("secretName") or ref.get("name")
-                    if read(name) is None:
-                        return f"FailedMount: {key} {name!r} not found"
-        return None
-
-    def _environment(self, pod: Mapping[str, Any], spec: Mapping[str, Any]) -> dict[str, str]:
-        env: dict[str, str] = {}
-        for source in spec.get("envFrom") or []:
-            if "configMapRef" in source:
-                env.update(self._configmap_data(source["configMapRef"]["name"]) or {})
-            if "secretRef" in source:
-                env.update(self._secret_data(source["secretRef"]["name"]) or {})
-        for item in spec.get("env") or []:
-            if "value" in item:
-                env[item["name"]] = str(item["value"])
-                continue
-            source = item.get("valueFrom") or {}
-            if "fieldRef" in source:
-                path = source["fieldRef"]["fieldPath"]
-                env[item["name"]] = {"metadata.namespace": self.namespace,
-                                     "metadata.name": pod["metadata"]["name"]}.get(path, "")  # fmt: skip
-            for key, read in (("secretKeyRef", self._secret_data),
-                              ("configMapKeyRef", self._configmap_data)):  # fmt: skip
-                ref = source.get(key)
-                if ref:
-                    value = (read(ref["name"]) or {}).get(ref["key"])
-                    if value is not None:
-                        env[item["name"]] = value
-        return env
-
-
-@dataclass
-class Rig:
-    """An emulated API server, the cluster played around it, and a Helm client for it."""
-
-    server: ApiServer
-    url: str
-    cluster: Cluster
-    helm: Helm
-
-    @property
-    def namespace(self) -> str:
-        return self.cluster.namespace
-
-    async def create_secret(self, name: str, data: Mapping[str, str], **meta: Any) -> None:
-        """A Secret made by a person (``kubectl create secret generic``)."""
-        body = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": name, "namespace": self.namespace, **meta},
-            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
-        }
-        await self.server.add(kmock.resource("v1/secrets"), body)
-
-    def objects(self, resource: str) -> dict[str, dict[str, Any]]:
-        """The live objects of a resource in the namespace, by name."""
-        return {o["metadata"]["name"]: o for o in self.server.live_raw(resource, self.namespace)}
-
-    def secret(self, name: str) -> dict[str, str]:
-        data = self.cluster._secret_data(name)
-        assert data is not None, f"no Secret {name}"
-        return data
-
-    async def run(self, action: str, *args: Any, **kwargs: Any) -> Any:
-        """A Helm action (install, upgrade, uninstall, test, render), off the event loop."""
-        return await asyncio.to_thread(getattr(self.helm, action), *args, **kwargs)
-
-
-@contextlib.asynccontextmanager
-async def helm_cluster(
-    namespace: str, *, keep: Callable[[kmock.Request], bool] | None = None, **options: Any
-) -> AsyncIterator[Rig]:
-    """An emulated API server serving every built-in resource, the cluster, and Helm.
-
-    ``keep`` chooses the requests to keep for the test (``rig.server.kept``).
-    """
-    async with ApiServer(record=False, keep=keep) as server, kmock.Server(server) as endpoint:
-        server.declare_cluster()
-        url = str(endpoint.url).rstrip("/")
-        async with Cluster(server, namespace, **options) as cluster:
-            helm = Helm(url, namespace)
-            try:
-                yield Rig(server, url, cluster, helm)
-            finally:
-                helm.close()

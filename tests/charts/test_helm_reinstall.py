@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.charts.cluster import Rig, helm_cluster
 from tests.charts.helm_actions import HelmError
 from tests.charts.rendering import CHARTS_DIR
+from tests.charts.rig import Rig, helm_cluster
 
 NAMESPACE = "medbook"
 SERVERS = ("postgresql", "redis", "rabbitmq")

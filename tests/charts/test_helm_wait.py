@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.charts.cluster import Rig, helm_cluster
 from tests.charts.helm_actions import HelmError
 from tests.charts.rendering import CHARTS_DIR, ROOT
+from tests.charts.rig import Rig, helm_cluster
 
 NAMESPACE = "medbook"
 EXTERNAL = {

@@ -37,7 +37,6 @@ import copy
 import datetime as dt
 import importlib.resources
 import json
-import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
@@ -51,11 +50,12 @@ import yaml
 from kmock._internal import dicts  # the emulator's own merge-patch, for the same semantics
 
 from tests.operator import crd_checks, crd_schema
+from tests.operator.discovery import Discovery, api_version
+from tests.operator.selectors import matching
 
 POLICIES = kmock.resource("medbook.io/v1alpha1/quotapolicies")
 CRDS = kmock.resource("apiextensions.k8s.io/v1/customresourcedefinitions")
 WITH_STATUS = {"quotapolicies", "cronjobs"}  # when the resource is declared without subresources
-KUBE_VERSION = "1.28.7"
 _RECENT = 64  # requests kept when not recording (those still being matched, at most)
 
 
@@ -69,107 +69,16 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def api_version(resource: kmock.resource) -> str:
-    return str(resource.version) if not resource.group else f"{resource.group}/{resource.version}"
-
-
-_VERSION = re.compile(r"^v(\d+)(?:(alpha|beta)(\d+))?$")
-
-
-def version_priority(version: str) -> tuple[int, int, int]:
-    """Kubernetes' order of API versions: GA, then beta, then alpha; higher numbers first."""
-    found = _VERSION.match(version)
-    if not found:
-        return (3, 0, 0)
-    stage = {None: 0, "beta": 1, "alpha": 2}[found.group(2)]
-    return (stage, -int(found.group(1)), -int(found.group(3) or 0))
-
-
-def _prefer_newest(group: dict[str, Any]) -> dict[str, Any]:
-    """A group's versions in Kubernetes' order, the first preferred (v2 before v1)."""
-    group["versions"].sort(key=lambda v: version_priority(v["version"]))
-    group["preferredVersion"] = group["versions"][0]
-    return group
-
-
 def _applies(request: kmock.Request) -> bool:
     content_type = str(request.headers.get("Content-Type", ""))
     return request.method == "PATCH" and content_type.startswith("application/apply-patch")
-
-
-# -- selectors -----------------------------------------------------------------------------
-
-_SET_SELECTOR = re.compile(r"^\s*([\w./-]+)\s+(in|notin)\s+\(([^)]*)\)\s*$")
-
-
-def _split_selector(text: str) -> list[str]:
-    """``a=b,c in (x,y)`` into its requirements (commas inside parentheses belong to a set)."""
-    parts, depth, current = [], 0, ""
-    for char in text:
-        depth += {"(": 1, ")": -1}.get(char, 0)
-        if char == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    return [p for p in [*parts, current] if p.strip()]
-
-
-def label_matcher(selector: str | None) -> Callable[[Mapping[str, str]], bool]:
-    """A predicate for Kubernetes' label selector syntax (equality, sets, existence)."""
-    requirements: list[Callable[[Mapping[str, str]], bool]] = []
-    for part in _split_selector(selector or ""):
-        found = _SET_SELECTOR.match(part)
-        if found:
-            key, operator, values = found.group(1), found.group(2), found.group(3)
-            allowed = {v.strip() for v in values.split(",") if v.strip()}
-            if operator == "in":
-                requirements.append(lambda labels, k=key, a=allowed: labels.get(k) in a)
-            else:
-                requirements.append(lambda labels, k=key, a=allowed: labels.get(k) not in a)
-        elif "!=" in part:
-            key, value = (p.strip() for p in part.split("!=", 1))
-            requirements.append(lambda labels, k=key, v=value: labels.get(k) != v)
-        elif "=" in part:
-            key, value = (p.strip().lstrip("=") for p in part.split("=", 1))
-            requirements.append(lambda labels, k=key, v=value.lstrip("="): labels.get(k) == v)
-        elif part.strip().startswith("!"):
-            requirements.append(lambda labels, k=part.strip()[1:]: k not in labels)
-        else:
-            requirements.append(lambda labels, k=part.strip(): k in labels)
-    return lambda labels: all(r(labels) for r in requirements)
-
-
-def _field_matcher(selector: str | None) -> Callable[[Mapping[str, Any]], bool]:
-    wanted: list[tuple[str, str, bool]] = []
-    for part in _split_selector(selector or ""):
-        negate = "!=" in part
-        key, value = (p.strip().lstrip("=") for p in part.split("!=" if negate else "=", 1))
-        wanted.append((key, value, negate))
-
-    def matches(obj: Mapping[str, Any]) -> bool:
-        for key, value, negate in wanted:
-            found: Any = obj
-            for step in key.split("."):
-                found = found.get(step) if isinstance(found, Mapping) else None
-            if (str(found) == value) == negate:
-                return False
-        return True
-
-    return matches
-
-
-def _selected(request: kmock.Request) -> Callable[[Mapping[str, Any]], bool]:
-    labels = label_matcher(request.params.get("labelSelector"))
-    fields = _field_matcher(request.params.get("fieldSelector"))
-    return lambda obj: labels((obj.get("metadata") or {}).get("labels") or {}) and fields(obj)
 
 
 DeleteHook = Callable[[kmock.resource, Mapping[str, Any]], Awaitable[None]]
 
 
 @attrs.define(kw_only=True)
-class ApiServer(kmock.KubernetesEmulator):
+class ApiServer(Discovery, kmock.KubernetesEmulator):
     _version: int = attrs.field(default=0, init=False)
     _writes: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
     # Told of every object deleted, before the delete is answered (a pretend cluster's hook).
@@ -187,8 +96,7 @@ class ApiServer(kmock.KubernetesEmulator):
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        self.fallback["get /openapi/v3"] << self._serve_openapi_index
-        self.fallback["get", re.compile(r"/openapi/v3/.+")] << self._serve_openapi_document
+        self.serve_openapi()
 
     # -- what is served --------------------------------------------------------------------
 
@@ -237,64 +145,6 @@ class ApiServer(kmock.KubernetesEmulator):
             return "status" in self.resources[resource].subresources
         return resource.plural in WITH_STATUS
 
-    # -- discovery and OpenAPI ---------------------------------------------------------------
-
-    async def _serve_server_version(self, request: kmock.Request) -> dict[str, str]:
-        major, minor, _ = KUBE_VERSION.split(".")
-        return {"major": major, "minor": minor, "gitVersion": f"v{KUBE_VERSION}",
-                "platform": "linux/amd64"}  # fmt: skip
-
-    async def _serve_version(self, request: kmock.Request) -> Any:
-        found = await super()._serve_version(request)
-        found["groupVersion"] = found["groupVersion"].lstrip("/")  # the core group is "v1"
-        return found
-
-    async def _serve_apis(self, request: kmock.Request) -> Any:
-        found = await super()._serve_apis(request)
-        for group in found["groups"]:
-            _prefer_newest(group)
-        return found
-
-    async def _serve_group(self, request: kmock.Request) -> Any:
-        return _prefer_newest(await super()._serve_group(request))
-
-    def _group_versions(self) -> dict[str, list[kmock.resource]]:
-        found: dict[str, list[kmock.resource]] = {}
-        for resource in self._get_resources():
-            if resource.plural is None or resource.version is None:
-                continue
-            path = "api/v1" if not resource.group else f"apis/{api_version(resource)}"
-            found.setdefault(path, []).append(resource)
-        return found
-
-    async def _serve_openapi_index(self, request: kmock.Request) -> dict[str, Any]:
-        return {
-            "paths": {path: {"serverRelativeURL": f"/openapi/v3/{path}"}
-                      for path in self._group_versions()}
-        }  # fmt: skip
-
-    async def _serve_openapi_document(self, request: kmock.Request) -> dict[str, Any]:
-        """Paths only: each resource's PATCH takes ``fieldValidation`` (server-side checks)."""
-        group_version = str(request.url.path).removeprefix("/openapi/v3/")
-        paths = {}
-        for resource in self._group_versions().get(group_version, []):
-            info = self.resources.get(resource, None)
-            if info is None or info.kind is None:
-                continue
-            scope = "namespaces/{namespace}/" if info.namespaced else ""
-            paths[f"/{group_version}/{scope}{resource.plural}/{{name}}"] = {
-                "patch": {
-                    "x-kubernetes-group-version-kind": {
-                        "group": resource.group, "version": resource.version, "kind": info.kind,
-                    },
-                    "parameters": [
-                        {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}
-                    ],
-                }
-            }  # fmt: skip
-        return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": KUBE_VERSION},
-                "paths": paths}  # fmt: skip
-
     # -- list and watch ----------------------------------------------------------------------
 
     async def _serve_list(self, request: kmock.Request) -> Any:
@@ -302,7 +152,7 @@ class ApiServer(kmock.KubernetesEmulator):
         assert request.resource is not None
         info = self.resources.get(request.resource, None)
         kind = info.kind if info is not None and info.kind else "Object"
-        selected = _selected(request)
+        selected = matching(request)
         return {
             "apiVersion": api_version(request.resource),
             "kind": f"{kind}List",
@@ -315,7 +165,7 @@ class ApiServer(kmock.KubernetesEmulator):
         assert request.resource is not None and request._raw_request is not None
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request._raw_request)
-        selected = _selected(request)
+        selected = matching(request)
         bus = self._buses[request.resource]
         async with self._lock:  # kmock writes under this lock: nothing slips in between
             initial = [

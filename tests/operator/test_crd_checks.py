@@ -19,8 +19,8 @@ import kmock
 import pytest
 import yaml
 
-from tests.charts.cluster import helm_cluster
 from tests.charts.helm_actions import HelmError
+from tests.charts.rig import helm_cluster
 from tests.operator import cel_cost, crd_checks, crd_schema
 from tests.operator.apiserver import ApiServer
 from tests.operator.conftest import policy

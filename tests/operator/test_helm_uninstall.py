@@ -30,10 +30,10 @@ from medbook_operator.handlers import FINALIZER
 from medbook_operator.main import parser
 from medbook_operator.settings import OperatorSettings, RedisConnection
 from medbook_operator.uninstall import uninstall
-from tests.charts.cluster import Rig, helm_cluster
 from tests.charts.helm_actions import HelmError
 from tests.charts.programs import READY, SUCCEEDED, Box, Phase, Program, failed, waiting
 from tests.charts.rendering import CHARTS_DIR
+from tests.charts.rig import Rig, helm_cluster
 from tests.helpers import eventually
 from tests.operator.conftest import policy, published, running_operator
 from tests.operator.test_rbac import VERBS, _allowed
