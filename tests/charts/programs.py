@@ -162,19 +162,19 @@ class Redis(ThirdParty):
         return self.box.env.get("REDIS_PASSWORD")
 
 
-def _database(box: Box) -> Phase | None:
-    return box.reachable(box.env.get("DB_HOST"), box.env.get("DB_PASSWORD"))
+def _database(box: Box) -> tuple[str, Phase | None]:
+    """The database's host, and why the process waits for it (``None``: it may go on)."""
+    host = box.env.get("DB_HOST", "")
+    return host, box.reachable(host, box.env.get("DB_PASSWORD"))
 
 
 class Migrate(Program):
     """``medbook-migrate`` (upgrade): the database to the image's revision."""
 
     async def poll(self) -> Phase:
-        host = self.box.env.get("DB_HOST")
-        blocked = _database(self.box)
+        host, blocked = _database(self.box)
         if blocked:
             return blocked
-        assert host is not None
         self.box.cluster.migrate(self.box.namespace, host, self.box.image)
         return SUCCEEDED
 
@@ -183,19 +183,15 @@ class WaitForSchema(Program):
     """``medbook-migrate wait``: until the schema is at the image's revision."""
 
     async def poll(self) -> Phase:
-        host = self.box.env.get("DB_HOST")
-        blocked = _database(self.box)
-        if blocked:
-            return blocked
-        assert host is not None
-        if self.box.cluster.migrated(self.box.namespace, host, self.box.image):
-            return SUCCEEDED
+        host, blocked = _database(self.box)
+        if blocked or self.box.cluster.migrated(self.box.namespace, host, self.box.image):
+            return blocked or SUCCEEDED
         return waiting(f"the schema of {host} is not at the revision of {self.box.image} yet")
 
 
 class BookingApi(Program):
     async def poll(self) -> Phase:
-        return _database(self.box) or READY
+        return _database(self.box)[1] or READY
 
 
 class DiscountWorker(Program):
