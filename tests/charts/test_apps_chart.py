@@ -270,6 +270,23 @@ def test_the_api_token_reaches_the_api_and_the_test_pod() -> None:
         assert env["MEDBOOK_API_TOKEN"] == "s3cret"
 
 
+def test_the_signing_keys_reach_both_services_from_the_users_secret() -> None:
+    values = {"signing": {"existingSecret": "saga-keys", "keyId": "2026-q1", "required": False}}
+    manifests = render("medbook", values)
+    for name, box in ((BOOKING, "booking"), (DISCOUNT, "discount")):
+        env = {e["name"]: e for e in container(manifests, "Deployment", name, box)["env"]}
+        assert env["MEDBOOK_SIGNING_KEYS"]["valueFrom"]["secretKeyRef"] == {
+            "name": "saga-keys",
+            "key": "MEDBOOK_SIGNING_KEYS",
+        }
+        assert env["MEDBOOK_SIGNING_KEY_ID"]["value"] == "2026-q1"
+        assert env["MEDBOOK_SIGNING_REQUIRED"]["value"] == "false"
+    unsigned = render("medbook")
+    for name, box in ((BOOKING, "booking"), (DISCOUNT, "discount")):
+        env = {e["name"] for e in container(unsigned, "Deployment", name, box)["env"]}
+        assert not {n for n in env if n.startswith("MEDBOOK_SIGNING")}
+
+
 # -- migrations -----------------------------------------------------------------------------
 
 

@@ -259,6 +259,24 @@ the credentials, each from its Secret by the name the services read.
 {{- end }}
 {{- end }}
 
+{{- define "medbook.env.signing" -}}
+{{- with .Values.signing }}
+{{- if .existingSecret }}
+- name: MEDBOOK_SIGNING_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: MEDBOOK_SIGNING_KEYS
+{{- if .keyId }}
+- name: MEDBOOK_SIGNING_KEY_ID
+  value: {{ .keyId | quote }}
+{{- end }}
+- name: MEDBOOK_SIGNING_REQUIRED
+  value: {{ .required | toString | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* Settings given by environment name in a values map (`config.env`, `booking.env`). */}}
 {{- define "medbook.env.map" -}}
 {{- range $name, $value := . }}
