@@ -420,9 +420,11 @@ class PostgresServer(_Server):
         start_timeout: float | None = None,
         stop_timeout: float = 60.0,
         bindir: Path | None = None,
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(data_dir, port, start_timeout=start_timeout, stop_timeout=stop_timeout)
         self.bindir = bindir if bindir is not None else _postgres_bindir()
+        self.settings = dict(settings or {})  # more ``-c`` server settings (replication, ...)
 
     @property
     def url(self) -> str:
@@ -493,6 +495,7 @@ class PostgresServer(_Server):
             "unix_socket_directories": str(self.data_dir),
             "max_connections": "300",
             "shared_buffers": "256MB",
+            **self.settings,
         }
         args = ["-D", str(self.data_dir), "-p", str(self.port)]
         for key, value in settings.items():
@@ -527,11 +530,13 @@ class RedisServer(_Server):
         appendfsync: str = "everysec",
         start_timeout: float | None = None,
         stop_timeout: float = 60.0,
+        extra_args: Sequence[str] = (),
     ) -> None:
         if appendfsync not in ("always", "everysec", "no"):
             raise ValueError(f"appendfsync must be always, everysec or no, not {appendfsync!r}")
         super().__init__(data_dir, port, start_timeout=start_timeout, stop_timeout=stop_timeout)
         self.appendfsync = appendfsync
+        self.extra_args = list(extra_args)  # more server options (``--replicaof``, ...)
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError("redis-server not found on PATH")
@@ -558,6 +563,7 @@ class RedisServer(_Server):
             "--save", "",
             "--protected-mode", "no",
             "--daemonize", "no",
+            *self.extra_args,
         ]  # fmt: skip
 
     def _ready(self) -> bool:
@@ -601,7 +607,13 @@ class RabbitMQServer(_Server):
         epmd_port: int | None = None,
         start_timeout: float | None = None,
         stop_timeout: float = 60.0,
+        nodename: str | None = None,
+        cookie: str | None = None,
+        owns_epmd: bool = True,
     ) -> None:
+        """``nodename``, ``cookie`` and ``owns_epmd=False`` are for cluster nodes (clusters.py):
+        a node name of our choosing, the cluster's shared Erlang cookie, and an epmd that
+        someone else runs (so it is not killed when this node stops)."""
         super().__init__(data_dir, port, start_timeout=start_timeout, stop_timeout=stop_timeout)
         taken = {self.port}
         if dist_port is None:
@@ -611,7 +623,9 @@ class RabbitMQServer(_Server):
             epmd_port = port_for.select_random(exclude_ports=taken)
         self.dist_port = dist_port
         self.epmd_port = epmd_port
-        self._nodename: str | None = None
+        self.cookie = cookie
+        self.owns_epmd = owns_epmd
+        self._nodename: str | None = nodename
 
     @property
     def url(self) -> str:
@@ -623,20 +637,25 @@ class RabbitMQServer(_Server):
 
     @property
     def nodename(self) -> str:
-        """``name@localhost``, created on first use and then read from data_dir."""
+        """``name@localhost``, created on first use (unless given) and then read from data_dir."""
+        path = self.data_dir / "nodename"
+        if self._nodename is None and path.exists():
+            self._nodename = path.read_text().strip()
         if self._nodename is None:
-            path = self.data_dir / "nodename"
-            if path.exists():
-                self._nodename = path.read_text().strip()
-            else:
-                self._nodename = f"medbook-{secrets.token_hex(6)}@localhost"
-                self.data_dir.mkdir(parents=True, exist_ok=True)
-                path.write_text(self._nodename + "\n")
+            self._nodename = f"medbook-{secrets.token_hex(6)}@localhost"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(self._nodename + "\n")
         return self._nodename
 
     def _prepare(self) -> None:
         for sub in ("home", "mnesia", "log"):
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
+        if self.cookie is not None:  # Erlang refuses a cookie file others can read
+            cookie = self.data_dir / "home" / ".erlang.cookie"
+            cookie.unlink(missing_ok=True)
+            cookie.write_text(self.cookie)
+            cookie.chmod(0o400)
         plugins = self.data_dir / "enabled_plugins"
         if not plugins.exists():
             plugins.write_text("[].\n")
@@ -681,7 +700,7 @@ class RabbitMQServer(_Server):
     def _after_exit(self) -> None:
         # epmd is started by the VM as a daemon and outlives the node.
         epmd = shutil.which("epmd")
-        if epmd is None:
+        if epmd is None or not self.owns_epmd:
             return
         try:
             subprocess.run(
