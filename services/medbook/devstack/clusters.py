@@ -31,7 +31,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import psycopg
 import redis
@@ -245,7 +245,7 @@ class RabbitMQCluster:
         status = json.loads(self.rabbitmqctl(via, "cluster_status", "--formatter", "json"))
         return set(status.get("running_nodes", []))
 
-    def queues(self, via: RabbitMQServer | None = None) -> dict[str, dict[str, object]]:
+    def queues(self, via: RabbitMQServer | None = None) -> dict[str, dict[str, Any]]:
         """Every queue with its type, leader, members and online members."""
         via = via or self._a_live_node()
         out = self.rabbitmqctl(
