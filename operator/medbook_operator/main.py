@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
-from redis.asyncio import Redis
 
+from medbook.redis_sentinel import redis_from_url
 from medbook_operator import metrics
 from medbook_operator.handlers import register
 from medbook_operator.kube import KubeApi
@@ -59,7 +59,7 @@ class QuotaOperator:
         self.namespace = settings.watched_namespace()
         self.login = make_login(settings, self.namespace)
         self.api = KubeApi(self.login)
-        self.redis = Redis.from_url(
+        self.redis = redis_from_url(
             settings.redis.dsn,
             socket_connect_timeout=settings.redis.timeout,
             socket_timeout=settings.redis.timeout,

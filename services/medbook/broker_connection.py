@@ -15,34 +15,37 @@ yet acked go back to their queue and are delivered again, to this or another
 consumer. Both are what the services already handle (the outbox keeps a row
 until its confirm; every consumer is idempotent).
 
-Addresses (``MEDBOOK_RABBITMQ_URL``) are one URL, a comma-separated list of
-URLs, or one URL naming several hosts (``amqp://user:pass@h1:5672,h2:5672/vhost``,
-the form PostgreSQL and MongoDB use), which is expanded to one URL per host
-with the same credentials, virtual host and parameters.
+The list of URLs comes from broker_address.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import aio_pika
 from aio_pika import RobustConnection
 from aio_pika.abc import AbstractConnection
 from aio_pika.connection import make_url
-from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError
+from pamqp.commands import Basic
 from yarl import URL
+
+from medbook.broker_address import BrokerAddressError, broker_urls, masked
 
 log = logging.getLogger(__name__)
 
-_SCHEMES = ("amqp", "amqps")
-# A list separator is a comma (or white space) followed by the next URL's scheme:
-# a comma inside a password or a host list is not one.
-_LIST_SEPARATOR = re.compile(r"\s*,\s*(?=amqps?://)|\s+(?=amqps?://)", re.IGNORECASE)
+__all__ = [
+    "BrokerAddressError",
+    "MultiNodeConnection",
+    "broker_urls",
+    "connect_any",
+    "connect_robust_any",
+    "is_nack",
+    "masked",
+]
 
 # The robust connection's private method that makes each (re)connection attempt; we
 # choose the node before each one. Checked here so that an aio-pika that renamed it
@@ -55,66 +58,16 @@ if not callable(getattr(RobustConnection, _CONNECT_TRANSPORT, None)):  # pragma:
     )
 
 
-class BrokerAddressError(ValueError):
-    """The broker address setting cannot be used (the message says why, without secrets)."""
+def is_nack(exc: BaseException) -> bool:
+    """Did the broker refuse a publish (``Basic.Nack``), as opposed to returning it unroutable?
 
-
-def masked(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo, _, hosts = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return parts._replace(netloc=f"{user}:***@{hosts}").geturl()
-
-
-def broker_urls(value: str) -> tuple[str, ...]:
-    """Every node's AMQP URL in ``value``, in order, each once.
-
-    >>> broker_urls("amqp://u:p@a:5672,b:5673/v")
-    ('amqp://u:p@a:5672/v', 'amqp://u:p@b:5673/v')
+    After a connection moved to another node while a quorum queue was electing
+    its leader, RabbitMQ 3.10 can nack every later publish on the channel that
+    aio-pika restored (its queue client there still points at the dead leader),
+    while a new channel on the same connection publishes fine: a publisher that
+    sees a nack opens a new channel (``messaging.Publisher``).
     """
-    text = value.strip()
-    if not text:
-        raise BrokerAddressError("no RabbitMQ URL given")
-    urls: list[str] = []
-    for part in _LIST_SEPARATOR.split(text):
-        for url in _expand_hosts(part.strip().rstrip(",")):
-            if url not in urls:
-                urls.append(url)
-    return tuple(urls)
-
-
-def _expand_hosts(url: str) -> list[str]:
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in _SCHEMES:
-        raise BrokerAddressError(
-            f"not an AMQP URL: {masked(url)!r} (expected amqp://user:password@host:port/vhost; "
-            "several nodes as a comma-separated list)"
-        )
-    netloc, slash, tail = rest.partition("/")
-    query_start = netloc.find("?")
-    if query_start >= 0:  # amqp://host?heartbeat=5: no path, a query
-        netloc, tail, slash = netloc[:query_start], netloc[query_start:], ""
-    userinfo, at, hosts = netloc.rpartition("@")
-    prefix = f"{scheme}://{userinfo}{at}"
-    suffix = f"{slash}{tail}"
-    names = [h.strip() for h in hosts.split(",")]
-    if not names or any(not h or h.startswith(":") for h in names):
-        raise BrokerAddressError(f"a host is missing in the RabbitMQ URL {masked(url)!r}")
-    expanded = [f"{prefix}{host}{suffix}" for host in names]
-    for candidate in expanded:
-        try:
-            parsed = URL(candidate)
-            _ = parsed.port  # a port that is not a number raises here
-        except ValueError as exc:
-            raise BrokerAddressError(
-                f"cannot read the RabbitMQ URL {masked(candidate)!r}: {exc}"
-            ) from None
-        if not parsed.host:
-            raise BrokerAddressError(f"a host is missing in the RabbitMQ URL {masked(url)!r}")
-    return expanded
+    return isinstance(exc, DeliveryError) and isinstance(exc.frame, Basic.Nack)
 
 
 def node_label(url: URL) -> str:

@@ -16,6 +16,7 @@ from urllib.parse import quote
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from medbook import broker_address, postgres_dsn, redis_address
 from medbook.signing import NO_SIGNING, MessageSigner, parse_keys
 
 
@@ -31,7 +32,8 @@ class _Settings(BaseSettings):
 class PostgresSettings(_Settings):
     url: str | None = setting(
         None, "MEDBOOK_DATABASE_URL", "DATABASE_URL",
-        help="Full PostgreSQL URL; when set it wins over the DB_* parts.",
+        help="Full PostgreSQL URL; when set it wins over the DB_* parts. Several hosts "
+        "(host1:5432,host2:5432) find the primary (target_session_attrs=read-write).",
     )  # fmt: skip
     host: str = setting("127.0.0.1", "MEDBOOK_DB_HOST", "DB_HOST", help="PostgreSQL host.")
     port: int = setting(5432, "MEDBOOK_DB_PORT", "DB_PORT", help="PostgreSQL port.", ge=1, le=65535)
@@ -48,11 +50,18 @@ class PostgresSettings(_Settings):
         10.0, "MEDBOOK_DB_STATEMENT_TIMEOUT", help="Seconds a statement may take.", gt=0
     )
 
+    @field_validator("url")
+    @classmethod
+    def _readable_url(cls, value: str | None) -> str | None:
+        if value:
+            postgres_dsn.parse(value)  # a clear error now, not at the first connection
+        return value
+
     @property
     def dsn(self) -> str:
-        """``postgresql://`` URL for asyncpg and ``databases``."""
+        """``postgresql://`` URL for asyncpg and ``databases`` (several hosts allowed)."""
         if self.url:
-            return self.url.replace("postgresql+psycopg://", "postgresql://", 1)
+            return postgres_dsn.normalized(self.url)
         user = quote(self.user, safe="")
         password = quote(self.password.get_secret_value(), safe="")
         return f"postgresql://{user}:{password}@{self.host}:{self.port}/{self.name}"
@@ -60,18 +69,22 @@ class PostgresSettings(_Settings):
     @property
     def sync_url(self) -> str:
         """SQLAlchemy URL with the synchronous psycopg driver, for alembic."""
-        dsn = self.dsn
-        for scheme in ("postgresql://", "postgres://"):
-            if dsn.startswith(scheme):
-                return "postgresql+psycopg://" + dsn[len(scheme) :]
-        return dsn
+        return postgres_dsn.sqlalchemy_url(self.dsn)
 
 
 class RabbitSettings(_Settings):
     url: SecretStr = setting(
         SecretStr("amqp://guest:guest@127.0.0.1:5672/"), "MEDBOOK_RABBITMQ_URL", "RABBITMQ_URL",
-        help="AMQP URL of RabbitMQ.",
+        help="AMQP URL of RabbitMQ; a cluster's nodes as comma-separated URLs "
+        "(or amqp://user:pass@host1,host2/vhost), tried in turn.",
     )  # fmt: skip
+
+    @field_validator("url")
+    @classmethod
+    def _readable_urls(cls, value: SecretStr) -> SecretStr:
+        broker_address.broker_urls(value.get_secret_value())
+        return value
+
     prefetch: int = setting(
         128, "MEDBOOK_PREFETCH", help="Messages a consumer processes at once.", ge=1, le=65535
     )
@@ -130,8 +143,10 @@ class RabbitSettings(_Settings):
 
 class RedisSettings(_Settings):
     url: SecretStr | None = setting(
-        None, "MEDBOOK_REDIS_URL", "REDIS_URL", help="Full Redis URL; wins over the REDIS_* parts."
-    )
+        None, "MEDBOOK_REDIS_URL", "REDIS_URL",
+        help="Full Redis URL (or redis+sentinel://host:port,host:port/<master>/<db>); "
+        "wins over the REDIS_* parts.",
+    )  # fmt: skip
     host: str = setting("127.0.0.1", "MEDBOOK_REDIS_HOST", "REDIS_HOST", help="Redis host.")
     port: int = setting(
         6379, "MEDBOOK_REDIS_PORT", "REDIS_PORT", help="Redis port.", ge=1, le=65535
@@ -140,6 +155,30 @@ class RedisSettings(_Settings):
         None, "MEDBOOK_REDIS_PASSWORD", "REDIS_PASSWORD", help="Redis password."
     )
     db: int = setting(0, "MEDBOOK_REDIS_DB", "REDIS_DB", help="Redis database number.", ge=0)
+    wait_replicas: int | None = setting(
+        None, "MEDBOOK_REDIS_WAIT_REPLICAS",
+        help="Replicas that must acknowledge a quota write before it counts (WAIT); "
+        "default: 1 with Sentinel, 0 with one server.", ge=0,
+    )  # fmt: skip
+    wait_timeout: float = setting(
+        1.0, "MEDBOOK_REDIS_WAIT_TIMEOUT",
+        help="Seconds to wait for those acknowledgements before the write is tried again.",
+        gt=0,
+    )  # fmt: skip
+
+    @field_validator("url")
+    @classmethod
+    def _usable_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            redis_address.check_url(value.get_secret_value())
+        return value
+
+    @property
+    def replicas_to_wait_for(self) -> int:
+        """``wait_replicas``, or its default: 1 behind Sentinel, 0 for one server."""
+        if self.wait_replicas is not None:
+            return self.wait_replicas
+        return 1 if redis_address.scheme_of(self.dsn) in redis_address.SENTINEL_SCHEMES else 0
 
     @property
     def dsn(self) -> str:

@@ -48,6 +48,7 @@ from aio_pika.abc import (
 
 from medbook import metrics
 from medbook.backoff import Backoff
+from medbook.broker_connection import broker_urls, connect_robust_any, is_nack
 from medbook.clock import utcnow
 from medbook.contracts import (
     ATTEMPT_HEADER,
@@ -154,19 +155,19 @@ async def connect(
 ) -> AbstractRobustConnection:
     """A robust connection (it reconnects and restores consumers by itself).
 
-    The first connection is retried with backoff until it succeeds or
+    ``url`` may name several nodes of a cluster (broker_connection.py): the
+    connection is made on the first that answers and moves to another when its
+    node dies. The first connection is retried with backoff until it succeeds or
     ``stopping`` is set, so a service can start before its broker. A refusal
     that is not an outage (a wrong password, say) is raised at once.
     """
+    urls = broker_urls(url)
     backoff = Backoff(initial=0.2, maximum=5.0)
     while True:
         try:
             with amqp_errors():
-                return await aio_pika.connect_robust(
-                    url,
-                    client_properties={"connection_name": name},
-                    timeout=5,
-                    reconnect_interval=1,
+                return await connect_robust_any(
+                    urls, name=name, connect_timeout=5, reconnect_interval=1
                 )
         except DependencyUnavailable as exc:
             if stopping is not None and stopping.is_set():
@@ -195,11 +196,42 @@ class Publisher:
         self.channel: AbstractChannel | None = None
         self.exchange: AbstractExchange | None = None
         self.default_exchange: AbstractExchange | None = None
+        self._generation = 0  # which channel is current (renewed after a nack)
+        self._renewing = asyncio.Lock()
 
     async def start(self) -> None:
         self.channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
         self.exchange = await declare_topology(self.channel)
         self.default_exchange = self.channel.default_exchange
+        self._generation += 1
+
+    async def _confirmed(self, publish: Awaitable[object]) -> None:
+        """Await a publish (and its confirm); after a nack, publish on a new channel."""
+        generation = self._generation
+        try:
+            with amqp_errors():
+                await publish
+        except DependencyUnavailable as exc:
+            if is_nack(exc.__cause__ or exc):
+                await self._renew(generation)
+            raise
+
+    async def _renew(self, generation: int) -> None:
+        """A new channel for the next publishes (broker_connection.is_nack says why)."""
+        async with self._renewing:
+            if generation != self._generation:  # another publish renewed it already
+                return
+            log.warning("the broker refused a publish (nack): publishing on a new channel")
+            old = self.channel
+            try:
+                with amqp_errors():
+                    await self.start()
+            except DependencyUnavailable as exc:  # the broker is away: keep the robust channel
+                log.warning("cannot open a new publisher channel yet (%s)", exc.detail)
+                return
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    await old.close()
 
     async def close(self) -> None:
         if self.channel is not None and not self.channel.is_closed:
@@ -232,8 +264,9 @@ class Publisher:
                 **self.signer.headers(event.value, CONTRACT_VERSION, body),
             },
         )
-        with amqp_errors():
-            await self.exchange.publish(message, routing_key=event.value, timeout=self.timeout)
+        await self._confirmed(
+            self.exchange.publish(message, routing_key=event.value, timeout=self.timeout)
+        )
 
     async def publish_raw(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
         """Publish a ready-made message (dead letters, retries, replays) with a confirm."""
@@ -246,7 +279,9 @@ class Publisher:
                 else await self.channel.get_exchange(exchange, ensure=False)
             )
             assert target is not None
-            await target.publish(message, routing_key=routing_key, timeout=self.timeout)
+        await self._confirmed(
+            target.publish(message, routing_key=routing_key, timeout=self.timeout)
+        )
 
 
 def copy_message(message: AbstractIncomingMessage, headers: Mapping[str, Any]) -> aio_pika.Message:

@@ -21,6 +21,7 @@ from redis import exceptions as redis_exceptions
 from redis.asyncio import Redis
 
 from medbook.failures import Dependency, DependencyBusy, DependencyUnavailable, translated_errors
+from medbook.redis_sentinel import redis_from_url
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -71,8 +72,12 @@ def redis_call(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
 
 
 def redis_client(url: str, *, max_connections: int = 64) -> Redis:
-    """The client every medbook process uses: short timeouts, health checks."""
-    return Redis.from_url(
+    """The client every medbook process uses: short timeouts, health checks.
+
+    ``url`` may name Redis Sentinels (``redis+sentinel://``): the client then
+    talks to the current master and follows a failover (redis_address.py).
+    """
+    return redis_from_url(
         url,
         socket_connect_timeout=3,
         socket_timeout=5,

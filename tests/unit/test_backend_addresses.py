@@ -5,17 +5,16 @@ from __future__ import annotations
 import pytest
 
 from medbook import postgres_dsn
-from medbook.broker_connection import BrokerAddressError, broker_urls
+from medbook.broker_address import BrokerAddressError, broker_urls
 from medbook.postgres_dsn import DatabaseAddressError
 from medbook.redis_address import (
     RedisAddressError,
     RedisClusterUnsupported,
-    SentinelRedis,
     check_url,
     describe,
     parse_sentinel_url,
-    redis_from_url,
 )
+from medbook.redis_sentinel import SentinelRedis, redis_from_url
 
 # -- RabbitMQ ------------------------------------------------------------------------------
 

@@ -21,6 +21,8 @@ from typing import Final
 import asyncpg
 from databases import Database
 
+from medbook import postgres_dsn
+from medbook.booking import failover
 from medbook.failures import (
     Dependency,
     DependencyBusy,
@@ -65,8 +67,10 @@ def translate(exc: BaseException) -> BaseException:
 
 
 def _closed_connection(exc: BaseException) -> bool:
-    # asyncpg raises its generic InterfaceError for an operation on a closed connection.
-    return type(exc) is asyncpg.InterfaceError and "closed" in str(exc)
+    # asyncpg raises its generic InterfaceError for an operation on a closed connection,
+    # and InternalClientError ("another operation is in progress") on a pooled connection
+    # whose server vanished during its last operation (a failover).
+    return failover.lost_mid_statement(exc) and not isinstance(exc, asyncpg.PostgresError)
 
 
 def _describe(exc: BaseException) -> str:
@@ -95,8 +99,11 @@ def create_database(
     """The pool. A slow statement is stopped by the server (``statement_timeout``: a
     :class:`~medbook.failures.DependencyBusy`); the client gives up a little later
     (a server that does not answer at all is unreachable: unavailable)."""
+    # A multi-host DSN (failover) reaches asyncpg whole: databases would drop its hosts.
+    url, options = postgres_dsn.databases_arguments(dsn)
     return Database(
-        dsn,
+        url,
+        **options,
         min_size=0,
         max_size=max_size,
         timeout=connect_timeout,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,9 +27,13 @@ import orjson
 from databases import Database
 
 from medbook import contracts
+from medbook.booking import failover
 from medbook.booking.database import database_errors
 from medbook.booking.domain import KEEP, Booking, NewBooking, OutboxEvent, Timeout, Transition
 from medbook.contracts import BookingStatus, Event
+from medbook.failures import DependencyUnavailable
+
+log = logging.getLogger(__name__)
 
 _INSERT_MANY = """
 WITH input AS (
@@ -44,7 +49,7 @@ WITH input AS (
     SELECT id, user_id, user_name, gender, dob, services, base_price, 'PENDING', history,
            trace_id, idempotency_key, request_fingerprint, created_at, created_at
     FROM input
-    ON CONFLICT (idempotency_key) DO NOTHING
+    ON CONFLICT DO NOTHING  -- an existing booking id (an earlier try) or Idempotency-Key
     RETURNING id
 )
 INSERT INTO outbox (event, booking_id, payload, headers, created_at)
@@ -204,10 +209,21 @@ class BookingStore:
 
     @contextlib.asynccontextmanager
     async def raw(self) -> AsyncIterator[asyncpg.Connection]:
-        """The asyncpg connection ``databases`` holds for this task (errors translated)."""
+        """The asyncpg connection ``databases`` holds for this task (errors translated).
+
+        A connection whose server turned read-only or vanished (a failover) is
+        closed, so the pool's next one goes to the server that takes writes.
+        """
         with database_errors():
             async with self.db.connection() as connection:
-                yield connection.raw_connection
+                raw = connection.raw_connection
+                try:
+                    yield raw
+                except Exception as exc:
+                    if failover.read_only_server(exc) or failover.lost_mid_statement(exc):
+                        with contextlib.suppress(asyncpg.InterfaceError):  # already gone
+                            raw.terminate()
+                    raise
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
@@ -261,7 +277,23 @@ class BookingStore:
 
         A request whose Idempotency-Key is already taken is answered with the
         booking that holds the key (a replay, or a key reused with another body).
+        If the connection is lost during the statement (a failover: did it commit?),
+        the same statement goes once more on a new connection: it inserts what is
+        missing and finds what the lost try committed (failover.py).
         """
+        try:
+            return await self._create_many(requests)
+        except DependencyUnavailable as exc:
+            if not failover.lost_mid_statement(exc.__cause__ or exc):
+                raise
+            log.warning(
+                "connection lost during a create of %d booking(s) (%s); sending it again",
+                len(requests),
+                exc.detail,
+            )
+        return await self._create_many(requests)
+
+    async def _create_many(self, requests: Sequence[CreateRequest]) -> list[CreateOutcome]:
         columns: list[list[Any]] = [[] for _ in range(14)]
         for r in requests:
             e = r.booking.event
@@ -276,6 +308,14 @@ class BookingStore:
                 column.append(value)
         async with self.raw() as conn:
             inserted = await self._insert_batch(conn, columns)
+            if len(inserted) < len(requests):  # committed by an earlier try of this call?
+                inserted |= {
+                    row["id"]
+                    for row in await conn.fetch(
+                        "SELECT id FROM bookings WHERE id = ANY($1::uuid[])",
+                        [r.booking.event.booking_id for r in requests],
+                    )
+                }
             outcomes = []
             for r in requests:
                 event = r.booking.event

@@ -345,13 +345,24 @@ def policy_refresh_seconds() -> float:
 
 @contextlib.asynccontextmanager
 async def redis_client(url: str) -> AsyncIterator[Any]:
-    """A Redis client that has answered a PING (else :class:`Unreachable`)."""
-    from redis.asyncio import Redis
+    """A Redis client that has answered a PING (else :class:`Unreachable`).
 
-    client = Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
+    ``url`` may be a Sentinel URL (``redis+sentinel://...``): the client talks to
+    the current master. A Redis Cluster is refused (:mod:`medbook.redis_address`).
+    """
+    from medbook.redis_address import RedisAddressError
+    from medbook.redis_sentinel import redis_from_url, refuse_cluster_mode
+
+    try:
+        client = redis_from_url(url, socket_connect_timeout=3, socket_timeout=10)
+    except RedisAddressError as exc:
+        raise UsageProblem(str(exc)) from None
     try:
         try:
             await client.ping()
+            await refuse_cluster_mode(client)
+        except RedisAddressError as exc:
+            raise UsageProblem(str(exc)) from None
         except Exception as exc:
             raise Unreachable("Redis", url, exc) from None
         yield client
@@ -377,19 +388,24 @@ async def database(url: str) -> AsyncIterator[Any]:
 
 @contextlib.asynccontextmanager
 async def broker(url: str) -> AsyncIterator[Any]:
-    """An aio-pika connection to RabbitMQ (else :class:`Unreachable`)."""
+    """An aio-pika connection to RabbitMQ (else :class:`Unreachable`).
+
+    ``url`` may list a cluster's nodes: the first that answers is used.
+    """
     import logging
 
-    import aio_pika
+    from medbook.broker_connection import BrokerAddressError, broker_urls, connect_any
 
     # Their own log lines would repeat, as a traceback, what Unreachable says in one line.
     for name in ("aio_pika", "aiormq"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
     try:
-        connection = await aio_pika.connect(
-            url, timeout=5, client_properties={"connection_name": "medbook-cli"}
-        )
+        urls = broker_urls(url)
+    except BrokerAddressError as exc:
+        raise UsageProblem(str(exc)) from None
+    try:
+        connection = await connect_any(urls, name="medbook-cli")
     except Exception as exc:
         raise Unreachable("RabbitMQ", url, exc) from None
     try:

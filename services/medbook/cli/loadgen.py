@@ -28,10 +28,12 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import logging
 import random
 import resource
 import statistics
 import time
+import uuid
 import zoneinfo
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -39,6 +41,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import aiohttp
+
+log = logging.getLogger(__name__)
 
 TERMINAL = frozenset({"CONFIRMED", "REJECTED", "CANCELLED"})
 
@@ -60,6 +64,11 @@ class LoadProfile:
     # None: the users share the N requests; else each user sends this many, in turn
     # (``bookings`` must then be ``concurrency * requests_per_user``).
     requests_per_user: int | None = None
+    # Seconds a create answered 502/503/504 (or lost in transit) is sent again, with the
+    # same Idempotency-Key, as a careful client would; 0: no key, no retry (one try each).
+    retry_for: float = 0.0
+    # Most creates sent per second, all users together (None: as fast as they go).
+    rate: float | None = None
 
     def __post_init__(self) -> None:
         rpu = self.requests_per_user
@@ -67,6 +76,8 @@ class LoadProfile:
             raise ValueError(
                 f"{self.bookings} bookings is not {self.concurrency} users x {rpu} requests"
             )
+        if self.rate is not None and self.rate <= 0:
+            raise ValueError(f"rate must be positive, not {self.rate}")
 
     def user_of(self, index: int) -> int:
         """The user who sends request ``index``."""
@@ -160,6 +171,9 @@ class BookingOutcome:
     final_price: int | None = None
     created_at: dt.datetime | None = None
     completed_at: dt.datetime | None = None
+    idempotency_key: str | None = None
+    replayed: bool = False  # the 201 that counted was an Idempotency-Key replay
+    attempts: int = 1
 
 
 def outcome_reason(outcome: BookingOutcome) -> str:
@@ -192,6 +206,10 @@ class LoadReport:
     bookings: list[BookingOutcome] = field(default_factory=list, repr=False)
     requests_per_user: int | None = None
     ramp_up: float = 0.0
+    # Creates sent again (retry_for > 0), by what the earlier attempt got; and how many
+    # 201s were replays of a booking an earlier attempt had created.
+    retried: dict[str, int] = field(default_factory=dict)
+    replayed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -266,6 +284,11 @@ class LoadRun:
         self.on_settled = on_settled or (lambda n: None)
         self.live_settle = on_settled is not None
         self._connection: Any = None  # asyncpg, when final states come from PostgreSQL
+        # A create sent again (``retry_for``), and what its earlier attempt got; set it
+        # after construction (the other callbacks all count, this one names a reason).
+        self.on_retry: Callable[[str], None] = lambda kind: None
+        self._run_id = uuid.uuid4().hex[:12]  # Idempotency-Keys are unique to this run
+        self._retried: Counter[str] = Counter()
 
     async def run(self) -> LoadReport:
         bodies = booking_bodies(self.profile)
@@ -307,16 +330,28 @@ class LoadRun:
         users = self.profile.concurrency
         rpu = self.profile.requests_per_user
         # One queue shared by every user, or one queue per user holding its own requests.
-        queues: list[asyncio.Queue[tuple[str, dict[str, Any]]]] = [
+        queues: list[asyncio.Queue[tuple[int, str, dict[str, Any]]]] = [
             asyncio.Queue() for _ in range(users if rpu else 1)
         ]
-        for index, item in enumerate(bodies):
-            queues[self.profile.user_of(index) if rpu else 0].put_nowait(item)
-        url = f"{self.api_url}/booking"
+        for index, (kind, body) in enumerate(bodies):
+            queues[self.profile.user_of(index) if rpu else 0].put_nowait((index, kind, body))
 
         def failed(kind: str) -> None:
             errors[kind] += 1
             self.on_failed(sum(errors.values()))
+
+        next_slot = time.monotonic()
+
+        async def paced() -> None:
+            """Wait for this request's turn when a rate is set (one slot per 1/rate s)."""
+            nonlocal next_slot
+            if not self.profile.rate:
+                return
+            now = time.monotonic()
+            slot = max(now, next_slot)
+            next_slot = slot + 1.0 / self.profile.rate
+            if slot > now:
+                await asyncio.sleep(slot - now)
 
         async def user(index: int) -> None:
             queue = queues[index if rpu else 0]
@@ -324,27 +359,63 @@ class LoadRun:
                 await asyncio.sleep(self.profile.ramp_up * index / users)
             while True:
                 try:
-                    kind, body = queue.get_nowait()
+                    request, kind, body = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
+                await paced()
                 started = time.perf_counter()
-                try:
-                    async with session.post(url, json=body) as response:
-                        payload = await response.read()
-                        status = response.status
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    failed(type(exc).__name__)
+                outcome, error = await self._create(session, request, kind, body)
+                if outcome is None:
+                    failed(error)
                     continue
                 latencies.append(time.perf_counter() - started)
-                if status == 201:
-                    outcomes.append(BookingOutcome(json.loads(payload)["bookingId"], kind))
-                    self.on_created(len(outcomes))
-                else:
-                    failed(f"HTTP {status}")
+                outcomes.append(outcome)
+                self.on_created(len(outcomes))
 
         started = time.monotonic()
         await asyncio.gather(*(user(i) for i in range(users)))
         return latencies, errors, time.monotonic() - started
+
+    async def _create(
+        self, session: aiohttp.ClientSession, index: int, kind: str, body: dict[str, Any]
+    ) -> tuple[BookingOutcome | None, str]:
+        """One booking: its outcome, or None and what the last attempt got.
+
+        With ``retry_for``, a 502/503/504 or a lost answer is sent again with the
+        same Idempotency-Key (after the Retry-After it names, at most 1 s) until
+        it is answered or ``retry_for`` seconds have passed: a create whose commit
+        went through but whose answer was lost is then answered as a replay.
+        """
+        key = f"load-{self._run_id}-{index}" if self.profile.retry_for > 0 else None
+        headers = {"Idempotency-Key": key} if key else None
+        deadline = time.monotonic() + self.profile.retry_for
+        attempts = 0
+        while True:
+            attempts += 1
+            wait = 0.2
+            try:
+                async with session.post(
+                    f"{self.api_url}/booking", json=body, headers=headers
+                ) as response:
+                    payload = await response.read()
+                    status: int | None = response.status
+                    replayed = response.headers.get("Idempotent-Replayed") == "true"
+                    with contextlib.suppress(ValueError):
+                        wait = min(float(response.headers.get("Retry-After", wait)), 1.0)
+                error = f"HTTP {status}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                status, replayed, error = None, False, type(exc).__name__
+            if status == 201:
+                booking_id = json.loads(payload)["bookingId"]
+                return BookingOutcome(
+                    booking_id, kind, idempotency_key=key, replayed=replayed, attempts=attempts
+                ), ""
+            retryable = status is None or status in (502, 503, 504)
+            if key is None or not retryable or time.monotonic() + wait > deadline:
+                return None, error
+            self._retried[error] += 1
+            self.on_retry(error)
+            await asyncio.sleep(wait)
 
     async def _settle(
         self,
@@ -366,7 +437,13 @@ class LoadRun:
             pending = [i for i, o in by_id.items() if o.status not in TERMINAL]
             if sending and not self.database_url:
                 pending = pending[: self.profile.concurrency]
-            rows = await fetch(session, pending) if pending else {}
+            try:
+                rows = await fetch(session, pending) if pending else {}
+            except Exception as exc:  # the database is away for a moment (a failover)
+                if not isinstance(exc, OSError | TimeoutError) and not _unavailable_database(exc):
+                    raise
+                log.info("cannot read the bookings' states yet (%r)", exc)
+                rows = {}
             for booking_id, row in rows.items():
                 outcome = by_id[booking_id]
                 outcome.status = row["status"]
@@ -411,7 +488,13 @@ class LoadRun:
             self._connection = await asyncpg.connect(
                 self.database_url.replace("postgresql+psycopg://", "postgresql://")
             )
-        states = await BookingMaintenance(self._connection).states(ids)
+        try:
+            states = await BookingMaintenance(self._connection).states(ids)
+        except Exception:  # the next round connects again (to the new primary, after a failover)
+            connection, self._connection = self._connection, None
+            with contextlib.suppress(Exception):
+                await connection.close()
+            raise
         return {
             booking_id: {
                 "status": state.status,
@@ -469,6 +552,8 @@ class LoadRun:
             bookings=outcomes,
             requests_per_user=self.profile.requests_per_user,
             ramp_up=self.profile.ramp_up,
+            retried=dict(self._retried),
+            replayed=sum(o.replayed for o in outcomes),
         )
 
 
@@ -505,4 +590,28 @@ def render(report: LoadReport) -> str:
         f"stuck          {len(report.stuck)}"
         + ("" if not report.stuck else ": " + ", ".join(report.stuck)),
     ]
+    if report.retried or report.replayed:
+        lines.insert(
+            -2,
+            "retried        "
+            + (", ".join(f"{k}: {v}" for k, v in report.retried.items()) or "none")
+            + f"; {report.replayed} answered as a replay of an earlier attempt",
+        )
     return "\n".join(lines)
+
+
+def _unavailable_database(exc: BaseException) -> bool:
+    """An error meaning the database cannot answer now (a failover, a restart)."""
+    import asyncpg
+
+    from medbook.failures import DependencyUnavailable
+
+    return isinstance(
+        exc,
+        DependencyUnavailable
+        | asyncpg.PostgresConnectionError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.AdminShutdownError
+        | asyncpg.InterfaceError
+        | asyncpg.exceptions.TargetServerAttributeNotMatched,
+    )

@@ -30,6 +30,7 @@ from medbook.discount.keys import (
 from medbook.discount.quota import DAY_TTL_SECONDS, RESERVE_FUNCTION
 
 __all__ = ["RECORD_PREFIX", "Claim", "Completion", "IdempotencyStore", "RecordState", "record_key"]
+from medbook.discount.replica_ack import ReplicaAck
 from medbook.redis_connection import redis_call
 
 
@@ -92,9 +93,11 @@ class Claim:
 
 
 class IdempotencyStore:
-    def __init__(self, redis: Redis, ttl_seconds: int) -> None:
+    def __init__(self, redis: Redis, ttl_seconds: int, replicas: ReplicaAck | None = None) -> None:
         self.redis = redis
         self.ttl = ttl_seconds
+        # A stored decision counts once enough replicas have it (replica_ack.py).
+        self.replicas = replicas or ReplicaAck()
         self._claim = redis.register_script(_CLAIM)
         self._complete = redis.register_script(_COMPLETE)
 
@@ -111,9 +114,11 @@ class IdempotencyStore:
         unless a result is stored already; return the one in force."""
         unit = plan.unit
         if unit is None:
-            stored, granted, _ = await self._complete(
-                keys=[record_key(booking_id)],
-                args=[contracts.encode(plan.result), now, self.ttl, "0"],
+            stored, granted, _ = await self.replicas.run(
+                self.redis,
+                self._complete,
+                [record_key(booking_id)],
+                [contracts.encode(plan.result), now, self.ttl, "0"],
             )
             return Completion(bytes(stored), int(granted) != -1, None, None)
         assert plan.if_denied is not None
@@ -122,7 +127,7 @@ class IdempotencyStore:
         args: list[bytes | str | int] = [contracts.encode(plan.result), now, self.ttl, "1"]
         args += [contracts.encode(plan.if_denied), str(booking_id), unit.limit]
         args += [DAY_TTL_SECONDS, unit.day.isoformat()]
-        stored, granted, used = await self._complete(keys=keys, args=args)
+        stored, granted, used = await self.replicas.run(self.redis, self._complete, keys, args)
         fresh = int(granted) != -1
         return Completion(
             bytes(stored),

@@ -28,6 +28,7 @@ from medbook.discount.keys import (
     record_key,
     reservation_key,
 )
+from medbook.discount.replica_ack import ReplicaAck
 from medbook.redis_connection import redis_call
 
 __all__ = [
@@ -119,8 +120,10 @@ class ReleaseOutcome:
 
 
 class QuotaStore:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, replicas: ReplicaAck | None = None) -> None:
         self.redis = redis
+        # A unit given back counts once enough replicas have it (replica_ack.py).
+        self.replicas = replicas or ReplicaAck()
         self._release = redis.register_script(_RELEASE)
         self._reset = redis.register_script(_RESET)
         self._forget = redis.register_script(_FORGET)
@@ -142,14 +145,16 @@ class QuotaStore:
         if result_id is None:
             return ReleaseOutcome(Released.REFUSED, day)
         outcome = int(
-            await self._release(
-                keys=[
+            await self.replicas.run(
+                self.redis,
+                self._release,
+                [
                     reservation_key(booking_id),
                     counter_key(day),
                     members_key(day),
                     record_key(booking_id),
                 ],
-                args=[str(booking_id), day.isoformat(), str(result_id)],
+                [str(booking_id), day.isoformat(), str(result_id)],
             )
         )
         return ReleaseOutcome(

@@ -29,8 +29,12 @@ from medbook.discount.idempotency import IdempotencyStore, RecordState
 from medbook.discount.policy import QuotaPolicy
 from medbook.discount.policy_store import PolicySource, PolicyStore
 from medbook.discount.quota import QuotaStore, Released
+from medbook.discount.replica_ack import ReplicaAck
+from medbook.failures import DependencyUnavailable
 from medbook.messaging import Consumer, Publisher, connect
+from medbook.redis_address import describe as describe_redis
 from medbook.redis_connection import redis_client, redis_errors
+from medbook.redis_sentinel import refuse_cluster_mode
 from medbook.telemetry import consumer_parent, inject_headers, span
 
 log = logging.getLogger(__name__)
@@ -43,8 +47,11 @@ class DiscountWorker:
         self.redis = redis_client(
             settings.redis.dsn, max_connections=max(64, settings.rabbit.prefetch * 2)
         )
-        self.records = IdempotencyStore(self.redis, settings.record_ttl_seconds)
-        self.quota = QuotaStore(self.redis)
+        replicas = ReplicaAck(
+            settings.redis.replicas_to_wait_for, int(settings.redis.wait_timeout * 1000)
+        )
+        self.records = IdempotencyStore(self.redis, settings.record_ttl_seconds, replicas)
+        self.quota = QuotaStore(self.redis, replicas)
         self.policy_store = PolicyStore(self.redis)
         self.policy = PolicySource(
             self.policy_store,
@@ -59,7 +66,22 @@ class DiscountWorker:
 
     # -- lifecycle -----------------------------------------------------------------
 
+    async def _refuse_redis_cluster(self) -> None:
+        """A Redis Cluster behind a plain URL is refused at start, with the reason
+        (redis_address.py); a Redis that does not answer yet is checked no further."""
+        try:
+            with redis_errors():
+                await refuse_cluster_mode(self.redis)
+        except DependencyUnavailable as exc:
+            log.info("cannot ask Redis whether it runs as a cluster yet (%s)", exc.detail)
+
     async def start(self) -> None:
+        log.info(
+            "Redis: %s; a quota write counts once %d replica(s) acknowledged it",
+            describe_redis(self.settings.redis.dsn),
+            self.records.replicas.replicas,
+        )
+        await self._refuse_redis_cluster()
         await self.policy.refresh()
         self.tasks.start(
             every(self.policy.interval, self.policy.refresh, name="policy refresh"),
