@@ -52,12 +52,27 @@ class RedisConnection(_Settings):
     )
     db: int = Field(default=0, ge=0, validation_alias=_env("MEDBOOK_REDIS_DB", "REDIS_DB"))
     timeout: float = Field(default=3.0, gt=0, validation_alias=_env("MEDBOOK_REDIS_TIMEOUT"))
+    # Behind Redis Sentinel, as the discount worker (medbook.config.RedisSettings).
+    sentinels: str | None = Field(default=None, validation_alias=_env("MEDBOOK_REDIS_SENTINELS"))
+    sentinel_master: str = Field(
+        default="mymaster", min_length=1, validation_alias=_env("MEDBOOK_REDIS_SENTINEL_MASTER")
+    )
+    sentinel_password: SecretStr | None = Field(
+        default=None, validation_alias=_env("MEDBOOK_REDIS_SENTINEL_PASSWORD")
+    )
 
     @property
     def dsn(self) -> str:
         if self.url:
             return self.url.get_secret_value()
         auth = f":{quote(self.password.get_secret_value(), safe='')}@" if self.password else ""
+        if self.sentinels:
+            query = ""
+            if self.sentinel_password is not None:
+                secret = quote(self.sentinel_password.get_secret_value(), safe="")
+                query = f"?sentinel_password={secret}"
+            master = quote(self.sentinel_master, safe="")
+            return f"redis+sentinel://{auth}{self.sentinels.strip()}/{master}/{self.db}{query}"
         return f"redis://{auth}{self.host}:{self.port}/{self.db}"
 
 

@@ -37,6 +37,11 @@ class PostgresSettings(_Settings):
     )  # fmt: skip
     host: str = setting("127.0.0.1", "MEDBOOK_DB_HOST", "DB_HOST", help="PostgreSQL host.")
     port: int = setting(5432, "MEDBOOK_DB_PORT", "DB_PORT", help="PostgreSQL port.", ge=1, le=65535)
+    hosts: str | None = setting(
+        None, "MEDBOOK_DB_HOSTS",
+        help="Several PostgreSQL hosts (host1:5432,host2:5432), a primary and its standbys: "
+        "connections go to the one that takes writes. Wins over DB_HOST and DB_PORT.",
+    )  # fmt: skip
     user: str = setting("postgres", "MEDBOOK_DB_USER", "DB_USERNAME", help="PostgreSQL user.")
     password: SecretStr = setting(
         SecretStr("postgres"), "MEDBOOK_DB_PASSWORD", "DB_PASSWORD", help="PostgreSQL password."
@@ -57,6 +62,13 @@ class PostgresSettings(_Settings):
             postgres_dsn.parse(value)  # a clear error now, not at the first connection
         return value
 
+    @field_validator("hosts")
+    @classmethod
+    def _readable_hosts(cls, value: str | None) -> str | None:
+        if value:
+            postgres_dsn.parse(f"postgresql://{value.strip()}/db")
+        return value.strip() if value else None
+
     @property
     def dsn(self) -> str:
         """``postgresql://`` URL for asyncpg and ``databases`` (several hosts allowed)."""
@@ -64,7 +76,8 @@ class PostgresSettings(_Settings):
             return postgres_dsn.normalized(self.url)
         user = quote(self.user, safe="")
         password = quote(self.password.get_secret_value(), safe="")
-        return f"postgresql://{user}:{password}@{self.host}:{self.port}/{self.name}"
+        hosts = self.hosts or f"{self.host}:{self.port}"
+        return postgres_dsn.normalized(f"postgresql://{user}:{password}@{hosts}/{self.name}")
 
     @property
     def sync_url(self) -> str:
@@ -155,6 +168,19 @@ class RedisSettings(_Settings):
         None, "MEDBOOK_REDIS_PASSWORD", "REDIS_PASSWORD", help="Redis password."
     )
     db: int = setting(0, "MEDBOOK_REDIS_DB", "REDIS_DB", help="Redis database number.", ge=0)
+    sentinels: str | None = setting(
+        None, "MEDBOOK_REDIS_SENTINELS",
+        help="Redis Sentinels (host1:26379,host2:26379) to ask for the master; "
+        "wins over REDIS_HOST and REDIS_PORT.",
+    )  # fmt: skip
+    sentinel_master: str = setting(
+        "mymaster", "MEDBOOK_REDIS_SENTINEL_MASTER",
+        help="The name the sentinels monitor the master under.", min_length=1,
+    )  # fmt: skip
+    sentinel_password: SecretStr | None = setting(
+        None, "MEDBOOK_REDIS_SENTINEL_PASSWORD",
+        help="Password of the sentinels themselves (REDIS_PASSWORD is the master's).",
+    )  # fmt: skip
     wait_replicas: int | None = setting(
         None, "MEDBOOK_REDIS_WAIT_REPLICAS",
         help="Replicas that must acknowledge a quota write before it counts (WAIT); "
@@ -180,11 +206,25 @@ class RedisSettings(_Settings):
             return self.wait_replicas
         return 1 if redis_address.scheme_of(self.dsn) in redis_address.SENTINEL_SCHEMES else 0
 
+    @field_validator("sentinels")
+    @classmethod
+    def _readable_sentinels(cls, value: str | None) -> str | None:
+        if value:
+            redis_address.parse_sentinel_url(f"redis+sentinel://{value.strip()}/m")
+        return value.strip() if value else None
+
     @property
     def dsn(self) -> str:
         if self.url:
             return self.url.get_secret_value()
         auth = f":{quote(self.password.get_secret_value(), safe='')}@" if self.password else ""
+        if self.sentinels:
+            master = quote(self.sentinel_master, safe="")
+            query = ""
+            if self.sentinel_password is not None:
+                secret = quote(self.sentinel_password.get_secret_value(), safe="")
+                query = f"?sentinel_password={secret}"
+            return f"redis+sentinel://{auth}{self.sentinels}/{master}/{self.db}{query}"
         return f"redis://{auth}{self.host}:{self.port}/{self.db}"
 
 

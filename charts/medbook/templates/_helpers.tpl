@@ -76,7 +76,13 @@ app.kubernetes.io/part-of: medbook
 
 {{- define "medbook.postgresql.host" -}}
 {{- if .Values.postgresql.enabled }}{{ include "medbook.componentName" (list . "postgresql" 52) }}
-{{- else }}{{ required "postgresql.external.host is required when postgresql.enabled is false" .Values.postgresql.external.host }}{{ end }}
+{{- else if .Values.postgresql.external.hosts }}{{ first .Values.postgresql.external.hosts | splitList ":" | first }}
+{{- else }}{{ required "postgresql.external.host (or .hosts) is required when postgresql.enabled is false" .Values.postgresql.external.host }}{{ end }}
+{{- end }}
+
+{{/* Every server of an external primary + standbys set, comma-separated, or nothing. */}}
+{{- define "medbook.postgresql.hosts" -}}
+{{- if not .Values.postgresql.enabled }}{{ join "," .Values.postgresql.external.hosts }}{{ end }}
 {{- end }}
 
 {{- define "medbook.postgresql.port" -}}
@@ -90,7 +96,13 @@ app.kubernetes.io/part-of: medbook
 
 {{- define "medbook.redis.host" -}}
 {{- if .Values.redis.enabled }}{{ include "medbook.componentName" (list . "redis" 52) }}
-{{- else }}{{ required "redis.external.host is required when redis.enabled is false" .Values.redis.external.host }}{{ end }}
+{{- else if .Values.redis.external.sentinel.hosts }}{{ first .Values.redis.external.sentinel.hosts | splitList ":" | first }}
+{{- else }}{{ required "redis.external.host (or .sentinel.hosts) is required when redis.enabled is false" .Values.redis.external.host }}{{ end }}
+{{- end }}
+
+{{/* The Redis Sentinels of an external Redis, comma-separated, or nothing. */}}
+{{- define "medbook.redis.sentinels" -}}
+{{- if not .Values.redis.enabled }}{{ join "," .Values.redis.external.sentinel.hosts }}{{ end }}
 {{- end }}
 
 {{- define "medbook.redis.port" -}}
@@ -237,6 +249,14 @@ the credentials, each from its Secret by the name the services read.
       name: {{ $secret }}
       key: MEDBOOK_REDIS_URL
       optional: true
+{{- if include "medbook.redis.sentinels" . }}
+- name: MEDBOOK_REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: MEDBOOK_REDIS_SENTINEL_PASSWORD
+      optional: true
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -320,6 +340,10 @@ checksum/secrets: {{ include (print .Template.BasePath "/secrets.yaml") . | sha2
 - ports:
     - protocol: TCP
       port: {{ include (printf "medbook.%s.port" $component) $ctx }}
+    {{- if and (eq $component "redis") (include "medbook.redis.sentinels" $ctx) }}
+    - protocol: TCP
+      port: {{ $values.external.sentinel.port }}
+    {{- end }}
 {{- if $values.enabled }}
   to:
     - podSelector:

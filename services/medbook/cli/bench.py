@@ -48,7 +48,9 @@ def run_profile(
 
 
 @contextlib.contextmanager
-def local_system(bookings: int, tracing: bool) -> Iterator[tuple[DevStack, str | None]]:
+def local_system(
+    bookings: int, tracing: bool, redis_replicas: int = 0
+) -> Iterator[tuple[DevStack, str | None]]:
     """A fresh local system in a temporary folder (durability settings as in production)."""
     from medbook.devstack.stack import DevStack, StackPorts
 
@@ -67,7 +69,14 @@ def local_system(bookings: int, tracing: bool) -> Iterator[tuple[DevStack, str |
             sink_url = f"http://127.0.0.1:{port}"
             extra |= {"OTEL_EXPORTER_OTLP_ENDPOINT": sink_url, "OTEL_TRACES_SAMPLER": "always_on"}
         ports = StackPorts(*(port_for.select_random() for _ in range(5)))
-        stack = DevStack(Path(tmp), ports, sweep_every=30, pending_timeout=3600, extra_env=extra)
+        stack = DevStack(
+            Path(tmp),
+            ports,
+            sweep_every=30,
+            pending_timeout=3600,
+            extra_env=extra,
+            redis_replicas=redis_replicas,
+        )
         try:
             stack.start()
             yield stack, sink_url
@@ -99,6 +108,15 @@ def bench(
     tracing: Annotated[
         bool, typer.Option(help="--local only: record every span and export it over OTLP/HTTP.")
     ] = False,
+    redis_replicas: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            metavar="N",
+            help="--local only: give Redis N replicas and make each quota write wait for "
+            "them (WAIT, as behind Sentinel), to measure what that costs.",
+        ),
+    ] = 0,
     database_url: common.StatesDatabaseUrl = None,
     worker_metrics_url: common.WorkerMetricsUrl = None,
     token: common.ApiToken = None,
@@ -124,6 +142,11 @@ def bench(
             "[red]--tracing applies to --local (a running system traces as it is configured)[/red]"
         )
         raise typer.Exit(2)
+    if redis_replicas and not local:
+        console.print(
+            "[red]--redis-replicas applies to --local (a running system has its own Redis)[/red]"
+        )
+        raise typer.Exit(2)
     profile = LoadProfile(
         bookings=bookings, concurrency=concurrency, seed=seed, settle_timeout=settle_timeout
     )
@@ -131,7 +154,9 @@ def bench(
         sink_url = None
         if local:
             console.print("starting a fresh local system ...")
-            system, sink_url = stack.enter_context(local_system(bookings + warmup, tracing))
+            system, sink_url = stack.enter_context(
+                local_system(bookings + warmup, tracing, redis_replicas)
+            )
             url = system.api_url
             database_url = system.postgres.url_for("medbook")
             worker_metrics_url = f"http://127.0.0.1:{system.ports.discount_metrics}/metrics"

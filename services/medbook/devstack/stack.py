@@ -183,7 +183,10 @@ class DevStack:
         extra_env: dict[str, str] | None = None,
         ready_timeout: float = DEFAULT_READY_TIMEOUT,
         progress: Callable[[str], None] | None = None,
+        redis_replicas: int = 0,
     ) -> None:
+        """``redis_replicas``: Redis replicas of the master, and quota writes that wait for
+        all of them (the WAIT rule of a Sentinel deployment; to measure its cost)."""
         self.data_dir = data_dir.absolute()
         self.ports = ports or StackPorts()
         self.sweep_every = sweep_every
@@ -201,9 +204,19 @@ class DevStack:
         self.rabbit = RabbitMQServer(
             self.data_dir / "rabbitmq", self.ports.amqp, start_timeout=start, stop_timeout=stop
         )
+        self.redis_replicas = [
+            RedisServer(
+                self.data_dir / f"redis-replica-{i}",
+                start_timeout=start,
+                stop_timeout=stop,
+                extra_args=["--replicaof", "127.0.0.1", str(self.ports.redis)],
+            )
+            for i in range(redis_replicas)
+        ]
         self.servers: dict[str, PostgresServer | RedisServer | RabbitMQServer] = {
             "PostgreSQL": self.postgres,
             "Redis": self.redis,
+            **{f"Redis replica {i + 1}": r for i, r in enumerate(self.redis_replicas)},
             "RabbitMQ": self.rabbit,
         }
         for server in self.servers.values():
@@ -249,6 +262,8 @@ class DevStack:
             MEDBOOK_PENDING_TIMEOUT=str(self.pending_timeout),
             MEDBOOK_API_URL=self.api_url,
         )
+        if self.redis_replicas:
+            env["MEDBOOK_REDIS_WAIT_REPLICAS"] = str(len(self.redis_replicas))
         env.update(self.extra_env)
         env[lifetime.TAG_ENV] = self.tag
         return env
@@ -314,12 +329,37 @@ class DevStack:
             self.progress(f"starting {name} ...")
             server.start()
             self.progress(f"{name} ready in {time.monotonic() - started:.1f}s")
+        self._wait_redis_replicas()
         if not self.postgres.database_exists(DATABASE):
             self.postgres.create_database(DATABASE)
         self.progress("applying the migrations ...")
         upgrade(
             self.postgres.url_for(DATABASE).replace("postgresql://", "postgresql+psycopg://", 1)
         )
+
+    def _wait_redis_replicas(self, timeout: float = 30.0) -> None:
+        if not self.redis_replicas:
+            return
+        import redis
+
+        deadline = time.monotonic() + timeout
+        with redis.Redis(host="127.0.0.1", port=self.redis.port) as client:
+            while True:
+                info = client.info("replication")
+                online = sum(
+                    1
+                    for key, value in info.items()
+                    if key.startswith("slave")
+                    and isinstance(value, dict)
+                    and value.get("state") == "online"
+                )
+                if online >= len(self.redis_replicas):
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{online} of {len(self.redis_replicas)} Redis replicas synced"
+                    )
+                time.sleep(0.1)
 
     def start_services(self) -> None:
         env = self.env()
