@@ -109,6 +109,12 @@ class IdempotencyStore:
         return Claim(RecordState(_text(state)), result or None, int(attempts))
 
     @redis_call
+    async def replicated(self) -> None:
+        """Once this returns, a stored result read from the record may be published: enough
+        replicas have it (replica_ack.py); a no-op with the rule off."""
+        await self.replicas.barrier(self.redis)
+
+    @redis_call
     async def complete(self, booking_id: uuid.UUID, plan: Plan, now: str) -> Completion:
         """Store the plan's result (reserving its quota unit first, if it needs one),
         unless a result is stored already; return the one in force."""

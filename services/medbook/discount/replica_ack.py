@@ -11,7 +11,15 @@ So each write the saga acts on (storing a decision with its reservation,
 giving a unit back) is sent in one pipeline with ``WAIT <replicas> <timeout>``
 on the same connection, and only counts when at least ``replicas`` replicas
 acknowledged it: only then does the worker publish the result (or ack the
-release). If they did not in time, :class:`ReplicaNotConfirmed` (a redis-py
+release). ``WAIT`` covers the writes of its own connection, and the
+replication stream is one ordered log, so the pipeline also makes one small
+write of its own (:data:`BARRIER_KEY`) before ``WAIT``: once a replica has
+that, it has everything written before it, by any connection. That is what
+makes a script that found its work already done (a decision another delivery
+stored, a unit already given back) safe to act on, and :meth:`ReplicaAck.barrier`
+does the same for a result read back, not written.
+
+If the replicas do not acknowledge in time, :class:`ReplicaNotConfirmed` (a redis-py
 ``TimeoutError``, so an outage of Redis to the rest of the worker) makes the
 message wait and try again; the write is idempotent (a second try finds the
 decision stored and re-sends it, a second release finds nothing to release),
@@ -35,6 +43,10 @@ from redis import exceptions as redis_exceptions
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.typing import EncodableT, KeyT
+
+BARRIER_KEY = "medbook:replica_barrier"
+"""Written before each ``WAIT`` (see above); its value is of no use, it expires."""
+_BARRIER_TTL = 3600
 
 
 class ReplicaNotConfirmed(redis_exceptions.TimeoutError):
@@ -81,17 +93,33 @@ class ReplicaAck:
         for _ in range(2):  # a second round only after loading the script
             async with redis.pipeline(transaction=False) as pipe:
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
+                pipe.set(BARRIER_KEY, "1", ex=_BARRIER_TTL)
                 pipe.wait(self.replicas, self.timeout_ms)
-                result, acknowledged = await pipe.execute(raise_on_error=False)
+                result, barrier, acknowledged = await pipe.execute(raise_on_error=False)
             if isinstance(result, redis_exceptions.NoScriptError):
                 # A new master (after a failover, or a restart) has an empty script cache.
                 await redis.script_load(script.script)
                 continue
-            if isinstance(result, BaseException):
-                raise result
-            if isinstance(acknowledged, BaseException):
-                raise acknowledged
-            if int(acknowledged) < self.replicas:
-                raise ReplicaNotConfirmed(self.replicas, int(acknowledged), self.timeout_ms)
+            for outcome in (result, barrier, acknowledged):
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            self._check(acknowledged)
             return result
         raise redis_exceptions.NoScriptError("the script was loaded but Redis does not find it")
+
+    async def barrier(self, redis: Redis) -> None:
+        """Return once enough replicas have everything written so far (by any connection):
+        for a result read back (a redelivery of a booking already decided) before it is
+        published."""
+        if not self.enabled:
+            return
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.set(BARRIER_KEY, "1", ex=_BARRIER_TTL)
+            pipe.wait(self.replicas, self.timeout_ms)
+            _, acknowledged = await pipe.execute()
+        self._check(acknowledged)
+
+    def _check(self, acknowledged: object) -> None:
+        count = int(acknowledged)  # type: ignore[call-overload]  # WAIT answers an integer
+        if count < self.replicas:
+            raise ReplicaNotConfirmed(self.replicas, count, self.timeout_ms)

@@ -169,6 +169,7 @@ class DiscountWorker:
         if claim.previous is RecordState.DONE and claim.result is not None:
             metrics.DUPLICATES_DETECTED.labels(contracts.DISCOUNT_QUEUE).inc()
             log.info("booking %s already decided; re-sending its stored result", booking.booking_id)
+            await self.records.replicated()  # the stored result counts once a replica has it
             await self._publish_result(claim.result)
             return
         if claim.previous is RecordState.CLAIMED:
