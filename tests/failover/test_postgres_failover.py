@@ -25,7 +25,7 @@ from tests.failover.cutting_proxy import CuttingProxy
 from tests.failover.drill import Drill
 from tests.helpers import Infra, ProcessServices, eligible_body, eventually, running_stack
 
-pytestmark = pytest.mark.failover
+pytestmark = [pytest.mark.failover, pytest.mark.slow]
 
 
 async def test_drill_primary_killed_standby_promoted_old_primary_rewound(

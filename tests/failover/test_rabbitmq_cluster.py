@@ -22,7 +22,7 @@ from tests.failover.conftest import DRILL_LIMIT, HaBackends
 from tests.failover.drill import Drill
 from tests.helpers import Infra, ProcessServices, eventually
 
-pytestmark = pytest.mark.failover
+pytestmark = [pytest.mark.failover, pytest.mark.slow]
 
 
 async def test_quorum_queues_have_a_replica_on_every_node(

@@ -30,7 +30,7 @@ from tests.failover.conftest import DRILL_LIMIT, HaBackends
 from tests.failover.drill import Drill
 from tests.helpers import Infra, ProcessServices
 
-pytestmark = pytest.mark.failover
+pytestmark = [pytest.mark.failover, pytest.mark.slow]
 
 
 async def test_drill_master_killed_sentinels_promote_the_replica(

@@ -210,6 +210,8 @@ class LoadReport:
     # 201s were replays of a booking an earlier attempt had created.
     retried: dict[str, int] = field(default_factory=dict)
     replayed: int = 0
+    # CPU each sampled service used during the run, in milliseconds per booking created.
+    cpu_ms_per_booking: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -225,27 +227,40 @@ class LoadReport:
 
 
 class MetricsSampler:
-    """Samples ``process_resident_memory_bytes`` from each service's /metrics; keeps the peak."""
+    """Samples each service's /metrics: the peak of ``process_resident_memory_bytes``, and
+    ``process_cpu_seconds_total`` at the start and the end (CPU used during the run: a
+    figure a busy machine distorts less than throughput)."""
 
     def __init__(self, targets: dict[str, str], interval: float = 0.5) -> None:
         self.targets = targets
         self.interval = interval
         self.peak: dict[str, float] = {}
+        self.cpu_first: dict[str, float] = {}
+        self.cpu_last: dict[str, float] = {}
+        self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
+
+    async def _sample_once(self, session: aiohttp.ClientSession) -> None:
+        for name, url in self.targets.items():
+            with contextlib.suppress(Exception):
+                async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as response:
+                    for line in (await response.text()).splitlines():
+                        if line.startswith("process_resident_memory_bytes "):
+                            value = float(line.split()[1]) / 2**20
+                            self.peak[name] = max(self.peak.get(name, 0.0), value)
+                        elif line.startswith("process_cpu_seconds_total "):
+                            seconds = float(line.split()[1])
+                            self.cpu_first.setdefault(name, seconds)
+                            self.cpu_last[name] = seconds
 
     async def _sample(self, session: aiohttp.ClientSession) -> None:
         while True:
-            for name, url in self.targets.items():
-                with contextlib.suppress(Exception):
-                    async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as response:
-                        for line in (await response.text()).splitlines():
-                            if line.startswith("process_resident_memory_bytes "):
-                                value = float(line.split()[1]) / 2**20
-                                self.peak[name] = max(self.peak.get(name, 0.0), value)
+            await self._sample_once(session)
             await asyncio.sleep(self.interval)
 
     def start(self, session: aiohttp.ClientSession) -> None:
         if self.targets:
+            self._session = session
             self._task = asyncio.create_task(self._sample(session))
 
     async def stop(self) -> None:
@@ -253,6 +268,11 @@ class MetricsSampler:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            if self._session is not None:
+                await self._sample_once(self._session)  # the last figures, at the end
+
+    def cpu_seconds(self) -> dict[str, float]:
+        return {k: self.cpu_last[k] - v for k, v in self.cpu_first.items() if k in self.cpu_last}
 
 
 class LoadRun:
@@ -554,6 +574,11 @@ class LoadRun:
             ramp_up=self.profile.ramp_up,
             retried=dict(self._retried),
             replayed=sum(o.replayed for o in outcomes),
+            cpu_ms_per_booking={
+                name: 1000.0 * seconds / len(outcomes)
+                for name, seconds in self.sampler.cpu_seconds().items()
+                if outcomes
+            },
         )
 
 
@@ -582,6 +607,11 @@ def render(report: LoadReport) -> str:
         "peak RSS       "
         + (
             ", ".join(f"{k} {v:.0f} MiB" for k, v in sorted(report.peak_rss_mb.items()))
+            or "not sampled"
+        ),
+        "CPU/booking    "
+        + (
+            ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(report.cpu_ms_per_booking.items()))
             or "not sampled"
         ),
         f"load generator {report.loadgen_cpu_percent:.0f}% of one core",
