@@ -36,8 +36,17 @@ _LOST: tuple[type[BaseException], ...] = (
 
 
 def lost_mid_statement(exc: BaseException) -> bool:
-    """Did the connection die while a statement was running (its outcome unknown)?"""
-    return isinstance(exc, _LOST) or (type(exc) is asyncpg.InterfaceError and "closed" in str(exc))
+    """Did the connection die while a statement was running (its outcome unknown)?
+
+    asyncpg's ``InternalClientError`` ("another operation is in progress") is
+    what a pooled connection whose server vanished during its last operation
+    answers next: the statement was not sent, and the connection is unusable.
+    """
+    return (
+        isinstance(exc, _LOST)
+        or (type(exc) is asyncpg.InterfaceError and "closed" in str(exc))
+        or (isinstance(exc, asyncpg.InternalClientError) and "in progress" in str(exc))
+    )
 
 
 def read_only_server(exc: BaseException) -> bool:

@@ -112,6 +112,17 @@ class EpmdServer(_Server):
     def url(self) -> str:
         return f"epmd://{_HOST}:{self.port}"
 
+    @property
+    def pid_file(self) -> Path:
+        """epmd writes none: :meth:`start` does, so that a leftover can be found."""
+        return self.data_dir / "epmd.pid"
+
+    def start(self) -> EpmdServer:
+        super().start()
+        if self.pid is not None:
+            self.pid_file.write_text(f"{self.pid}\n")
+        return self
+
     def _command(self) -> list[str]:
         binary = shutil.which("epmd")
         if binary is None:
@@ -532,6 +543,7 @@ class RedisSentinel(RedisServer):
         name = self.master_name
         self.config_path.write_text(
             f"port {self.port}\n"
+            f'pidfile "{self.pid_file}"\n'
             f"bind {_HOST}\n"
             "protected-mode no\n"
             f'dir "{self.data_dir}"\n'
