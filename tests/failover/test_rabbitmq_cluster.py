@@ -12,6 +12,7 @@ import asyncio
 from pathlib import Path
 
 import aio_pika
+import aiormq
 import pytest
 
 from medbook.broker_connection import MultiNodeConnection, broker_urls, connect_robust_any
@@ -74,12 +75,8 @@ async def test_connection_moves_to_a_live_node_and_keeps_confirms_and_acks(
             timeout=30,
             what="reconnected to another node",
         )
-        for i in range(5):  # confirms still come, on the restored channel
-            await channel.default_exchange.publish(
-                aio_pika.Message(b"after-%d" % i, delivery_mode=2),
-                routing_key="ha-probe",
-                timeout=15,
-            )
+        for i in range(5):  # confirms still come after the switch
+            await _publish_confirmed(connection, b"after-%d" % i)
         expected = {b"before-%d" % i for i in range(5)} | {b"after-%d" % i for i in range(5)}
         await eventually(
             lambda: asyncio.sleep(0, set(acked)),
@@ -91,6 +88,25 @@ async def test_connection_moves_to_a_live_node_and_keeps_confirms_and_acks(
     finally:
         await connection.close()
     # The node comes back before the next test (ha_infra heals what is down).
+
+
+async def _publish_confirmed(connection: MultiNodeConnection, body: bytes) -> None:
+    """Publish with a confirm, as medbook's Publisher does: while the quorum queue elects a
+    leader the broker nacks (a publisher retries), and RabbitMQ 3.10 may keep nacking a
+    channel restored across the election, so a nack moves the publish to a new channel."""
+    deadline = asyncio.get_running_loop().time() + 30
+    channel = await connection.channel(publisher_confirms=True)
+    while True:
+        try:
+            await channel.default_exchange.publish(
+                aio_pika.Message(body, delivery_mode=2), routing_key="ha-probe", timeout=15
+            )
+            return
+        except aiormq.exceptions.DeliveryError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+            channel = await connection.channel(publisher_confirms=True)
 
 
 async def test_drill_leader_killed_then_another_then_both_back(
