@@ -59,11 +59,11 @@ class Bookings:
         Raises :class:`~medbook.booking.domain.BookingRefused` before anything is
         stored when the request cannot be booked.
         """
-        now = utcnow()
-        booking_id = uuid.uuid4()
         # Refuse a request that cannot be booked before it waits for admission.
         domain.price(request, catalog.BY_NAME)
         await self.admission.admit()
+        now = utcnow()  # the booking is created now, after its wait for admission
+        booking_id = uuid.uuid4()
         with tracer.start_as_current_span("booking.create", context=parent) as span:
             span.set_attribute("medbook.booking_id", str(booking_id))
             new = domain.create(
