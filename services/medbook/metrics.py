@@ -201,7 +201,7 @@ QUOTA_RELEASES_REFUSED = Counter(
 )
 RECOVERED_CLAIMS = Counter(
     "medbook_discount_recovered_claims",
-    "Bookings processed again after a worker died holding their claim.",
+    "Bookings decided on a redelivery that found no stored result (their first worker stopped).",
     registry=DISCOUNT,
 )
 

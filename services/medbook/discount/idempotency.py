@@ -1,11 +1,12 @@
 """The discount worker's idempotency record, one Redis hash per booking.
 
-States: ``claimed`` when a worker starts on the booking, ``done`` once its
-result is stored. A redelivery of a ``done`` booking re-sends the stored result
-byte for byte (same result id), so the booking service sees one result however
-often the broker delivers. A ``claimed`` record left by a worker that died is
-simply processed again: the quota reservation is keyed by booking id, so that
-is safe. Completing is conditional: when two deliveries race, the first result
+A booking's record is written once, when its result is stored (state
+``done``), in the same atomic script that reserves its quota unit: there is
+never a unit held without its result recorded, nor a result stored twice. A
+redelivery of a booking that is done gets the stored result back, byte for byte
+(same result id), so the booking service sees one result however often the
+broker delivers; a delivery whose worker died before the script ran finds no
+record and is simply decided again. When two deliveries race, the first result
 stored wins and both publish it. Records live for days, longer than a message
 waits in the broker.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from enum import StrEnum
 
 from redis.asyncio import Redis
 
@@ -29,29 +29,9 @@ from medbook.discount.keys import (
 )
 from medbook.discount.quota import DAY_TTL_SECONDS, RESERVE_FUNCTION
 
-__all__ = ["RECORD_PREFIX", "Claim", "Completion", "IdempotencyStore", "RecordState", "record_key"]
+__all__ = ["RECORD_PREFIX", "Completion", "IdempotencyStore", "record_key"]
 from medbook.discount.replica_ack import ReplicaAck
 from medbook.redis_connection import redis_call
-
-
-class RecordState(StrEnum):
-    NEW = "new"
-    CLAIMED = "claimed"
-    DONE = "done"
-
-
-# KEYS: record. ARGV: now (ISO), ttl. Returns {previous state, stored result or false, attempts}.
-_CLAIM = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'done' then
-  local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '1')
-  return {'done', redis.call('HGET', KEYS[1], 'result'), attempts}
-end
-redis.call('HSET', KEYS[1], 'state', 'claimed', 'claimedAt', ARGV[1])
-local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return {state or 'new', false, attempts}
-"""
 
 # Stores the booking's result, reserving its quota unit in the same atomic step
 # when it is eligible, so there is never a unit held without its result recorded.
@@ -85,34 +65,13 @@ class Completion:
     used: int | None  # the day's count after it
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
-    previous: RecordState
-    result: bytes | None
-    attempts: int
-
-
 class IdempotencyStore:
     def __init__(self, redis: Redis, ttl_seconds: int, replicas: ReplicaAck | None = None) -> None:
         self.redis = redis
         self.ttl = ttl_seconds
         # A stored decision counts once enough replicas have it (replica_ack.py).
         self.replicas = replicas or ReplicaAck()
-        self._claim = redis.register_script(_CLAIM)
         self._complete = redis.register_script(_COMPLETE)
-
-    @redis_call
-    async def claim(self, booking_id: uuid.UUID, now: str) -> Claim:
-        state, result, attempts = await self._claim(
-            keys=[record_key(booking_id)], args=[now, self.ttl]
-        )
-        return Claim(RecordState(_text(state)), result or None, int(attempts))
-
-    @redis_call
-    async def replicated(self) -> None:
-        """Once this returns, a stored result read from the record may be published: enough
-        replicas have it (replica_ack.py); a no-op with the rule off."""
-        await self.replicas.barrier(self.redis)
 
     @redis_call
     async def complete(self, booking_id: uuid.UUID, plan: Plan, now: str) -> Completion:
@@ -141,10 +100,6 @@ class IdempotencyStore:
             bool(int(granted)) if fresh else None,
             int(used) if fresh else None,
         )
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 async def stored_result(redis: Redis, booking_id: uuid.UUID | str) -> bytes | str | None:

@@ -1,9 +1,10 @@
 """The discount worker: decides each booking's discount and answers with one result.
 
-For a ``booking_created``: claim the booking's idempotency record (a booking
-already done re-sends its stored result), plan the decision (``decision.py``,
-pure), reserve the quota unit it needs and store the result in one atomic step
-(the first stored wins), publish it, and only then let the consumer ack. For a
+For a ``booking_created``: plan the decision (``decision.py``, pure), then in
+one atomic Redis step reserve the quota unit it needs and store the result in
+the booking's idempotency record, unless a result is stored there already (the
+first stored wins, and a repeat re-sends it byte for byte); publish the result,
+and only then let the consumer ack. For a
 ``quota_released``: give the unit back, once, and only to a release that names
 the result that reserved it.
 """
@@ -25,7 +26,7 @@ from medbook.clock import utcnow
 from medbook.config import DiscountSettings
 from medbook.contracts import BookingCreated, DiscountProcessed, Event, QuotaReleased
 from medbook.discount import decision
-from medbook.discount.idempotency import IdempotencyStore, RecordState
+from medbook.discount.idempotency import IdempotencyStore
 from medbook.discount.policy import QuotaPolicy
 from medbook.discount.policy_store import PolicySource, PolicyStore
 from medbook.discount.quota import QuotaStore, Released
@@ -146,7 +147,7 @@ class DiscountWorker:
                 kind=trace.SpanKind.INTERNAL,
                 attributes={"medbook.booking_id": str(event.booking_id)},
             ):
-                await self.process_booking(event)
+                await self.process_booking(event, redelivered=bool(message.redelivered))
         elif isinstance(event, QuotaReleased):
             with span(
                 tracer,
@@ -161,36 +162,33 @@ class DiscountWorker:
                 f"{message.type} does not belong on {contracts.DISCOUNT_QUEUE}"
             )
 
-    async def process_booking(self, booking: BookingCreated) -> None:
-        """Claim, plan, reserve-and-complete, publish."""
+    async def process_booking(self, booking: BookingCreated, *, redelivered: bool = False) -> None:
+        """Plan, then reserve-and-complete (one Redis script), then publish.
+
+        The script stores the plan's result unless one is stored already, in which
+        case that one is published again (a repeat of a booking already decided):
+        the decision is pure, so planning before knowing costs nothing but CPU, and
+        one round trip to Redis does what a claim and a completion did in two.
+        """
         started = time.perf_counter()
         now = utcnow()
-        claim = await self.records.claim(booking.booking_id, now.isoformat())
-        if claim.previous is RecordState.DONE and claim.result is not None:
-            metrics.DUPLICATES_DETECTED.labels(contracts.DISCOUNT_QUEUE).inc()
-            log.info("booking %s already decided; re-sending its stored result", booking.booking_id)
-            await self.records.replicated()  # the stored result counts once a replica has it
-            await self._publish_result(claim.result)
-            return
-        if claim.previous is RecordState.CLAIMED:
-            metrics.RECOVERED_CLAIMS.inc()
-            log.info(
-                "booking %s was claimed before (attempt %d); processing it again",
-                booking.booking_id,
-                claim.attempts,
-            )
         policy = self.policy.current
         plan = decision.plan(booking, policy, now)
-        completion = await self.records.complete(booking.booking_id, plan, utcnow().isoformat())
+        completion = await self.records.complete(booking.booking_id, plan, now.isoformat())
         if completion.fresh:
             result, outcome = plan.resolve(bool(completion.granted))
             metrics.DISCOUNT_DECISIONS.labels(outcome.value).inc()
+            if redelivered:  # delivered before, and no result stored: its worker stopped
+                metrics.RECOVERED_CLAIMS.inc()
+                log.info("booking %s was delivered before without a result; decided now",
+                         booking.booking_id)  # fmt: skip
             if completion.used is not None:
                 metrics.QUOTA_USED.set(completion.used)
                 metrics.QUOTA_LIMIT.set(policy.daily_limit)
             await self._publish_result(completion.result, result_id=result.result_id)
-        else:  # a concurrent delivery stored its result first: publish that one
+        else:  # decided before (a redelivery, or a concurrent delivery): publish that result
             metrics.DUPLICATES_DETECTED.labels(contracts.DISCOUNT_QUEUE).inc()
+            log.info("booking %s already decided; re-sending its stored result", booking.booking_id)
             await self._publish_result(completion.result)
         metrics.DISCOUNT_PROCESSING.observe(time.perf_counter() - started)
         log.debug("booking %s decided and its result published", booking.booking_id)
