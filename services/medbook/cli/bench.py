@@ -27,6 +27,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -286,49 +287,89 @@ class Bench:
             f"in flight; {cpu.get('total', 0):.2f} ms CPU per booking)"
         )
 
-    def tracing(self, levels: Sequence[float], untraced: LoadReport) -> None:
-        """The closed-loop run again at each sampling ratio (services restarted for each)."""
+    def tracing(
+        self,
+        levels: Sequence[float],
+        untraced: LoadReport,
+        untraced_cpu: dict[str, float],
+        rounds: int,
+    ) -> None:
+        """The closed-loop run again at each sampling ratio (services restarted for each), in
+        ``rounds`` interleaved rounds (off, 10 %, 100 %, off, ...): each round's ratios are
+        taken between runs minutes apart, and the median over the rounds is reported."""
         assert self.system is not None
-        figures: list[dict[str, Any]] = [
-            {
-                "sampling": 0.0,
-                "saga_rate": untraced.saga_rate,
-                "ratio_to_untraced": 1.0,
-                "spans_per_booking": 0.0,
-            }
-        ]
-        for level in levels:
-            self.say(f"tracing at {level:.0%}: restarting the services")
-            self.system.start_services(level)
-            spans_before = self.system.spans_exported() or 0
-            report, cpu = self.closed_loop(seed_offset=int(level * 1000) + 7)
-            time.sleep(TRACE_EXPORT_WAIT)
-            spans = (self.system.spans_exported() or 0) - spans_before
-            bookings = report.created + self.warmup
+        order = [0.0, *levels]
+        runs: dict[float, list[dict[str, Any]]] = {level: [] for level in order}
+        for round_ in range(rounds):
+            for level in order:
+                if round_ == 0 and level == 0.0:  # the untraced run just measured
+                    report, cpu, spans = untraced, untraced_cpu, 0
+                else:
+                    self.say(
+                        f"tracing {'off' if level == 0 else format(level, '.0%')} "
+                        f"(round {round_ + 1} of {rounds}): restarting the services"
+                    )
+                    self.system.start_services(level)
+                    spans_before = self.system.spans_exported() or 0
+                    report, cpu = self.closed_loop(seed_offset=round_ * 10 + int(level * 1000) + 7)
+                    if level > 0:
+                        time.sleep(TRACE_EXPORT_WAIT)
+                    spans = (self.system.spans_exported() or 0) - spans_before
+                bookings = report.created + (self.warmup if report is not untraced else 0)
+                runs[level].append(
+                    {
+                        "report": report,
+                        "cpu": cpu,
+                        "spans_per_booking": spans / bookings if bookings else None,
+                    }
+                )
+        figures: list[dict[str, Any]] = []
+        for level in order:
+            measured = runs[level]
+            offs = runs[0.0]
+            rates = [m["report"].saga_rate for m in measured]
+            cpus = [m["cpu"].get("total") for m in measured]
             figures.append(
                 {
                     "sampling": level,
-                    "saga_rate": report.saga_rate,
-                    "ratio_to_untraced": ratio(report.saga_rate, untraced.saga_rate),
-                    "spans_per_booking": spans / bookings if bookings else None,
-                    "cpu_ms_per_booking": cpu,
+                    "saga_rate": _median(rates),
+                    "saga_rates": rates,
+                    "ratio_to_untraced": _median(
+                        [
+                            ratio(m["report"].saga_rate, o["report"].saga_rate)
+                            for m, o in zip(measured, offs, strict=True)
+                        ]
+                    ),
+                    "cpu_ms_per_booking": _median(cpus),
+                    "cpu_ratio_to_untraced": _median(
+                        [
+                            ratio(m["cpu"].get("total"), o["cpu"].get("total"))
+                            for m, o in zip(measured, offs, strict=True)
+                        ]
+                    ),
+                    "spans_per_booking": _median([m["spans_per_booking"] for m in measured]),
+                    "rounds": rounds,
                 }
-                | summary(report)
+                | summary(measured[-1]["report"])
+                | {"saga_rate": _median(rates)}
             )
         self.result["tracing_levels"] = figures
+
+        def describe(f: dict[str, Any]) -> str:
+            name = "off" if f["sampling"] == 0 else format(f["sampling"], ".0%")
+            text = f"{name} {f['saga_rate'] or 0:.0f}/s"
+            if f["sampling"]:
+                text += (
+                    f" ({_ratio(f['ratio_to_untraced'], 1.0)} of off; CPU per booking "
+                    f"{_ratio(f['cpu_ratio_to_untraced'], 1.0)}; "
+                    f"{f['spans_per_booking'] or 0:.1f} spans per booking)"
+                )
+            return text
+
         self.lines.append(
             "tracing        "
-            + "; ".join(
-                f"{'off' if f['sampling'] == 0 else format(f['sampling'], '.0%')} "
-                f"{f['saga_rate'] or 0:.0f}/s"
-                + (
-                    f" ({f['ratio_to_untraced']:.2f} of off, "
-                    f"{f['spans_per_booking']:.1f} spans per booking)"
-                    if f["sampling"]
-                    else ""
-                )
-                for f in figures
-            )
+            + "; ".join(describe(f) for f in figures)
+            + (f" (medians of {rounds} interleaved rounds)" if rounds > 1 else "")
         )
 
     def data(self, rows: int, get_rate: float, sampling: float) -> None:
@@ -338,13 +379,15 @@ class Bench:
         assert self.system is not None
         assert self.database_url is not None
         self.say(f"a year of data: the empty-table figures first (GETs at {get_rate:g}/s)")
-        empty, _ = self.closed_loop(seed_offset=300, get_probe=GetProbe(get_rate))
+        empty, empty_cpu = self.closed_loop(seed_offset=300, get_probe=GetProbe(get_rate))
         self.say(f"a year of data: loading {rows} bookings (COPY)")
         self.system.stop_services()
         loaded = asyncio.run(benchdata.load_year(self.database_url, rows))
         self.say(f"loaded {loaded.rows} in {loaded.seconds:.1f} s; measuring against them")
         self.system.start_services(sampling)
-        full, _ = self.closed_loop(seed_offset=400, get_probe=GetProbe(get_rate, loaded.sample))
+        full, full_cpu = self.closed_loop(
+            seed_offset=400, get_probe=GetProbe(get_rate, loaded.sample)
+        )
         timed = asyncio.run(
             benchdata.time_operations(self.database_url, dt.timedelta(seconds=3600))
         )
@@ -357,9 +400,13 @@ class Bench:
             "load_seconds": loaded.seconds,
             "rows_per_second": loaded.rows / loaded.seconds if loaded.seconds else None,
             "table_bytes": loaded.table_bytes,
-            "empty": summary(empty) | {"get_latency_ms": empty.get_latency_ms},
-            "loaded": summary(full) | {"get_latency_ms": full.get_latency_ms},
+            "empty": summary(empty)
+            | {"get_latency_ms": empty.get_latency_ms, "cpu_ms_per_booking": empty_cpu},
+            "loaded": summary(full)
+            | {"get_latency_ms": full.get_latency_ms, "cpu_ms_per_booking": full_cpu},
             "saga_rate_ratio": ratio(full.saga_rate, empty.saga_rate),
+            "cpu_ratio": ratio(full_cpu.get("total"), empty_cpu.get("total")),
+            "postgres_cpu_ratio": ratio(full_cpu.get("postgres"), empty_cpu.get("postgres")),
             "get_p99_ratio": ratio(get_p99(full), get_p99(empty)),
             "operations": [{"name": t.name, "seconds": t.seconds, "plan": t.plan} for t in timed],
         }
@@ -368,7 +415,9 @@ class Bench:
             f"{loaded.seconds:.0f} s; saga {full.saga_rate or 0:.0f}/s vs "
             f"{empty.saga_rate or 0:.0f}/s empty ({_ratio(full.saga_rate, empty.saga_rate)}); "
             f"GET p99 {_ms(get_p99(full))} vs {_ms(get_p99(empty))} empty "
-            f"({_ratio(get_p99(full), get_p99(empty))})"
+            f"({_ratio(get_p99(full), get_p99(empty))}); CPU per booking "
+            f"{_ratio(full_cpu.get('total'), empty_cpu.get('total'))} (PostgreSQL's "
+            f"{_ratio(full_cpu.get('postgres'), empty_cpu.get('postgres'))})"
         )
         for t in timed:
             self.lines.append(f"               {t.name}: {t.seconds * 1000:.0f} ms")
@@ -456,6 +505,11 @@ async def drain_backlog(
     }
 
 
+def _median(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
 async def reachable(url: str, token: str | None) -> None:
     from medbook.cli.api import BookingApi
 
@@ -528,6 +582,14 @@ def bench(
             "them (WAIT, as behind Sentinel), to measure what that costs.",
         ),
     ] = 0,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="--sampling: measure off and each ratio this many times, interleaved, and "
+            "report the medians (on a shared machine, 3 or more).",
+        ),
+    ] = 1,
     data: Annotated[
         int | None,
         typer.Option(
@@ -578,7 +640,7 @@ def bench(
     profile = LoadProfile(
         bookings=bookings, concurrency=concurrency, seed=seed, settle_timeout=settle_timeout
     )
-    runs = 1 + len(levels) + len(rates) + (2 if data else 0)
+    runs = 1 + (len(levels) + 1) * rounds + len(rates) + (2 if data else 0)
     if local:
         from medbook.cli.benchsystem import LocalSystem
 
@@ -598,7 +660,7 @@ def bench(
                 },
             )
             report = _phases(
-                measured, rates, levels, ceiling, ceiling_window, data, backlog, get_rate
+                measured, rates, levels, ceiling, ceiling_window, data, backlog, get_rate, rounds
             )
     else:  # a running system: the flag, the variable, the medbook dev running here
         url = common.api_url(url)
@@ -617,7 +679,7 @@ def bench(
             database_url=database_url,
             metrics_targets=targets,
         )
-        report = _phases(measured, rates, [], False, ceiling_window, None, None, get_rate)
+        report = _phases(measured, rates, [], False, ceiling_window, None, None, get_rate, 1)
     _print(measured, report, json_output)
     raise typer.Exit(0 if measured.ok else 1)
 
@@ -631,6 +693,7 @@ def _phases(
     data: int | None,
     backlog: int | None,
     get_rate: float,
+    rounds: int,
 ) -> LoadReport:
     """Everything asked for, in an order that keeps each comparison's runs together."""
     system = measured.system
@@ -655,7 +718,7 @@ def _phases(
     if rates:
         measured.open_loop(rates, report.saga_rate)
     if levels:
-        measured.tracing(levels, report)
+        measured.tracing(levels, report, cpu, rounds)
     if data or backlog:
         assert system is not None
         if system.sampling != 0.0:
