@@ -41,7 +41,7 @@ CANCELLED_EVERY = 20  # one template in 20 is a booking cancelled while PENDING
 def _requests(count: int, seed: int) -> list[BookingRequest]:
     requests = []
     for _, body in booking_bodies(LoadProfile(bookings=count, concurrency=1, seed=seed)):
-        request, problems = parse_booking_request(body)
+        request, problems = parse_booking_request(body, utcnow().date())
         assert request is not None, problems
         requests.append(request)
     return requests

@@ -167,7 +167,7 @@ def prepare(config: CeilingConfig) -> tuple[BookingSideWork, DiscountSideWork]:
     calls: dict[str, tuple[tuple[list[str], list[Any]], tuple[list[str], list[Any]]]] = {}
     profile = LoadProfile(bookings=config.bookings, concurrency=1, seed=config.seed)
     for _, body in booking_bodies(profile):
-        request, problems = parse_booking_request(body)
+        request, problems = parse_booking_request(body, utcnow().date())
         assert request is not None, problems
         booking_id = uuid.uuid4()
         trace_id = secrets.token_hex(16)

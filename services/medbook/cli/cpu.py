@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # no stubs in the lock (types-psutil)
 
 
 def tree_cpu_seconds(pid: int) -> float:
