@@ -346,6 +346,10 @@ def process_span(
     attributes: Mapping[str, Any] | None = None,
 ) -> Iterator[trace.Span]:
     """A handler's span, as the message's ``process`` span (see :func:`span`)."""
+    if not _recording:  # only the context the message carries, made current
+        with span(tracer, name, context=consumer_parent(message.headers)) as current:
+            yield current
+        return
     details = process_attributes(message, queue) | dict(attributes or {})
     with span(
         tracer,
@@ -353,7 +357,7 @@ def process_span(
         context=consumer_parent(message.headers),
         kind=trace.SpanKind.CONSUMER,
         attributes=details,
-        links=creation_links(message.headers) if _recording else (),
+        links=creation_links(message.headers),
     ) as current:
         yield current
 
