@@ -247,10 +247,15 @@ class Bench:
                 }
             )
             self.lines.append(
-                f"open loop      {rate:.0f}/s ({spec}"
-                + (f", {rate / maximum:.0%} of the closed-loop figure" if maximum else "")
+                f"open loop      {rate:.0f}/s ("
+                + (
+                    f"{rate / maximum:.0%} of the closed-loop figure"
+                    if maximum and spec.relative
+                    else str(spec)
+                )
                 + f"): end-to-end from the intended send p50 {_ms(latency.get('p50'))}, "
-                f"p99 {_ms(latency.get('p99'))}, p99.9 {_ms(latency.get('p99.9'))}"
+                f"p99 {_ms(latency.get('p99'))}, p99.9 {_ms(latency.get('p99.9'))}; "
+                f"the generator sent late by p99 {_ms((report.send_lag_ms or {}).get('p99'))}"
                 + (f"; {len(report.stuck)} stuck" if report.stuck else "")
             )
         self.result["open_loop"] = runs
