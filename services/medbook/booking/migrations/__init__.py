@@ -129,7 +129,9 @@ def upgrade(url: str, revision: str = "head") -> None:
     """Apply the migrations up to ``revision``, one migrating process at a time."""
     engine = _engine(url)
     try:
-        with engine.connect() as lock:
+        # Autocommit: a session idle in a transaction would make a migration that builds an
+        # index CONCURRENTLY wait for it forever (it waits out every open transaction).
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as lock:
             lock.execute(text("SELECT pg_advisory_lock(:key)"), {"key": LOCK_KEY})
             try:
                 command.upgrade(alembic_config(url), revision)
