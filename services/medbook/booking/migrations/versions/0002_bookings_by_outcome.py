@@ -22,15 +22,17 @@ depends_on = None
 
 def upgrade() -> None:
     with op.get_context().autocommit_block():
-        # A build that was interrupted leaves an invalid index behind: build it again.
-        invalid = op.get_bind().execute(
-            text(
-                "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-                "WHERE c.relname = 'bookings_by_outcome' AND NOT i.indisvalid"
+        # A build that was interrupted leaves an invalid index behind: build it again
+        # (known only against a database, not when the SQL is printed: --sql).
+        if not op.get_context().as_sql:
+            invalid = op.get_bind().execute(
+                text(
+                    "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                    "WHERE c.relname = 'bookings_by_outcome' AND NOT i.indisvalid"
+                )
             )
-        )
-        if invalid.first() is not None:
-            op.execute("DROP INDEX CONCURRENTLY bookings_by_outcome")
+            if invalid.first() is not None:
+                op.execute("DROP INDEX CONCURRENTLY bookings_by_outcome")
         op.execute(
             "CREATE INDEX CONCURRENTLY IF NOT EXISTS bookings_by_outcome "
             "ON bookings (status, fail_reason) INCLUDE (final_price, base_price)"
