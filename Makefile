@@ -18,10 +18,13 @@ test: install-dev
 	$(BIN)/lint-imports
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-## The benchmark: N bookings at concurrency C against a fresh local system.
+## The benchmark on a fresh local system, in one run: the design's ceiling and medbook's ratio to
+## it, the closed-loop figure, open-loop latency at 50% and 80% of it, tracing off/10%/100%.
+## BENCH_ARGS adds options (e.g. BENCH_ARGS="--data 1000000 --backlog 100000", or -n, -c, --json).
+BENCH_RUNS ?= --ceiling --rate 50% --rate 80% --sampling 10% --sampling 100%
 bench: install
 	scripts/install-system-deps
-	$(BIN)/medbook bench --local $(BENCH_ARGS)
+	$(BIN)/medbook bench --local $(BENCH_RUNS) $(BENCH_ARGS)
 
 lint: install-dev
 	$(BIN)/ruff check .

@@ -15,7 +15,6 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
-    generate_latest,
 )
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -204,7 +203,3 @@ RECOVERED_CLAIMS = Counter(
     "Bookings decided on a redelivery that found no stored result (their first worker stopped).",
     registry=DISCOUNT,
 )
-
-
-def exposition(registry: CollectorRegistry) -> bytes:
-    return generate_latest(registry)

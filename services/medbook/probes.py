@@ -2,7 +2,11 @@
 
 ``/healthz`` answers as long as the process runs (liveness); ``/readyz`` runs
 the process's checks and answers 503 when one fails (readiness), in the same
-JSON shape everywhere; ``/metrics`` is the process's Prometheus registry.
+JSON shape everywhere; ``/metrics`` is the process's Prometheus registry, in
+the format the scraper asks for: OpenMetrics when its ``Accept`` header names
+``application/openmetrics-text`` (as Prometheus's does), which is the format
+that carries exemplars (the trace of a histogram's recent observation), else
+Prometheus's text format.
 """
 
 from __future__ import annotations
@@ -10,14 +14,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from medbook import metrics
-
 Endpoint = Callable[[Request], Awaitable[Response]]
-
-METRICS_MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 async def healthz(_: Request) -> Response:
@@ -37,7 +38,8 @@ def readiness(checks: Mapping[str, bool]) -> Response:
 
 
 def metrics_endpoint(registry: CollectorRegistry) -> Endpoint:
-    async def endpoint(_: Request) -> Response:
-        return Response(metrics.exposition(registry), media_type=METRICS_MEDIA_TYPE)
+    async def endpoint(request: Request) -> Response:
+        encode, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encode(registry), headers={"Content-Type": content_type})
 
     return endpoint

@@ -7,6 +7,20 @@ an exporter (``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_TRACES_EXPORTER=otlp``)
 or choose a sampler. Otherwise ("tracing off") no span is recorded: the trace
 context still travels with every event, in the AMQP headers and the outbox
 rows, and every log line of a booking's processing carries its trace id.
+
+Sampling is the standard ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG``
+(in production ``parentbased_traceidratio`` with a ratio such as ``0.1``: the
+booking service decides at the HTTP request, and every later step of the
+saga, in either service, follows the decision the trace context carries). An
+unknown sampler or a ratio that is not a number from 0 to 1 stops the process
+at start with the reason, where the SDK alone would trace everything.
+
+Messaging spans follow the OpenTelemetry conventions for RabbitMQ: the
+aio-pika instrumentation's publish (``PRODUCER``) and delivery (``CONSUMER``)
+spans get the current attributes beside its older ones (``messaging.
+destination.name``, ``messaging.operation.type``, the routing key, the server),
+and each handler's span is the message's ``process`` span (``CONSUMER``),
+linked to the context the message was created in.
 """
 
 from __future__ import annotations
@@ -18,18 +32,28 @@ import logging
 import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
 
 from medbook.config import TelemetrySettings
+
+if TYPE_CHECKING:
+    from aio_pika.abc import AbstractIncomingMessage
 
 # Record attributes that are not a line's own fields; uvicorn's `color_message` repeats the
 # message with ANSI colour escapes for its own console formatter.
@@ -117,6 +141,59 @@ def exporter_configured() -> bool:
     )
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """A sampler chosen by the standard variables, and the share of new traces it keeps."""
+
+    name: str
+    ratio: float
+
+    @property
+    def parent_based(self) -> bool:
+        return self.name.startswith("parentbased_")
+
+    def sampler(self) -> Sampler:
+        root: Sampler = (
+            TraceIdRatioBased(self.ratio)
+            if "traceidratio" in self.name
+            else (ALWAYS_ON if self.ratio else ALWAYS_OFF)
+        )
+        return ParentBased(root) if self.parent_based else root
+
+
+SAMPLERS: Final = (
+    "always_on", "always_off", "traceidratio",
+    "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio",
+)  # fmt: skip
+
+
+def sampling_from_environment(environ: Mapping[str, str] | None = None) -> Sampling | None:
+    """What ``OTEL_TRACES_SAMPLER`` (and ``OTEL_TRACES_SAMPLER_ARG``) choose; None when unset.
+
+    Raises ValueError for an unknown sampler or a ratio that is not a number from 0 to 1
+    (the SDK would only log a warning, and keep every trace).
+    """
+    env = os.environ if environ is None else environ
+    name = env.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if not name:
+        return None
+    if name not in SAMPLERS:
+        raise ValueError(f"OTEL_TRACES_SAMPLER={name!r} is not one of {', '.join(SAMPLERS)}")
+    if "traceidratio" not in name:
+        return Sampling(name, 0.0 if name.endswith("always_off") else 1.0)
+    text = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+    try:
+        ratio = float(text) if text else 1.0  # the specification's default
+    except ValueError:
+        ratio = -1.0
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(
+            f"OTEL_TRACES_SAMPLER_ARG={text!r} is not a sampling ratio from 0 to 1 "
+            f"(for OTEL_TRACES_SAMPLER={name})"
+        )
+    return Sampling(name, ratio)
+
+
 _recording = False
 
 
@@ -167,12 +244,18 @@ def setup_tracing(service: str, libraries: Iterable[Library] = ()) -> TracerProv
             "service.namespace": "medbook",
         }
     )
-    sampler = None  # None: the SDK reads OTEL_TRACES_SAMPLER (default: parent-based, always on)
-    if not exporter_configured() and "OTEL_TRACES_SAMPLER" not in os.environ:
+    chosen = sampling_from_environment()
+    if chosen is not None:
+        sampler = chosen.sampler()
+        # Only a sampler that can never keep a span (a parent-based one follows its callers).
+        _recording = chosen.parent_based or chosen.ratio > 0
+    elif exporter_configured():
+        sampler, _recording = ParentBased(ALWAYS_ON), True  # the specification's default
+    else:
         # Nobody would receive the spans: keep real ids and propagation, skip the recording.
-        sampler = ALWAYS_OFF
+        sampler, _recording = ALWAYS_OFF, False
     provider = TracerProvider(resource=resource, sampler=sampler)
-    _recording = sampler is None and os.environ.get("OTEL_TRACES_SAMPLER", "") != "always_off"
+    provider.add_span_processor(MessagingConventions())
     if _recording:
         instrument_libraries(libraries)
     if exporter_configured():
@@ -183,6 +266,105 @@ def setup_tracing(service: str, libraries: Iterable[Library] = ()) -> TracerProv
     return provider
 
 
+# -- messaging conventions -----------------------------------------------------------------
+
+MESSAGING_SYSTEM: Final = "rabbitmq"
+_AIO_PIKA_SCOPE: Final = "opentelemetry.instrumentation.aio_pika"
+
+
+class MessagingConventions(SpanProcessor):
+    """Gives the aio-pika instrumentation's spans the current messaging attributes.
+
+    That instrumentation still writes the conventions of 2022 (``messaging.destination``
+    as ``exchange,routing_key``, ``messaging.operation``, ``net.peer.*``). As the
+    conventions ask of instrumentations in transition (``messaging/dup``), the current
+    names are added beside the old ones, when each span starts.
+    """
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        scope = span.instrumentation_scope
+        if scope is None or scope.name != _AIO_PIKA_SCOPE:
+            return
+        attributes = span.attributes or {}
+        destination = str(attributes.get("messaging.destination", ""))
+        exchange, _, routing_key = destination.partition(",")
+        added: dict[str, Any] = {"messaging.destination.name": exchange}
+        if span.kind is trace.SpanKind.PRODUCER:
+            added |= {"messaging.operation.type": "send", "messaging.operation.name": "publish"}
+        else:
+            added |= {"messaging.operation.type": "receive", "messaging.operation.name": "deliver"}
+        if routing_key:
+            added["messaging.rabbitmq.destination.routing_key"] = routing_key
+        if "net.peer.name" in attributes:
+            added["server.address"] = attributes["net.peer.name"]
+        if "net.peer.port" in attributes:
+            added["server.port"] = attributes["net.peer.port"]
+        span.set_attributes(added)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        return
+
+    def shutdown(self) -> None:
+        return
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def process_attributes(message: AbstractIncomingMessage, queue: str) -> dict[str, Any]:
+    """The conventions' attributes of a delivered message's ``process`` span."""
+    attributes: dict[str, Any] = {
+        "messaging.system": MESSAGING_SYSTEM,
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        # The exchange; "amq.default" for the default exchange (retries are sent there).
+        "messaging.destination.name": message.exchange or "amq.default",
+        "messaging.consumer.group.name": queue,
+        "messaging.message.body.size": len(message.body),
+    }
+    if message.routing_key:
+        attributes["messaging.rabbitmq.destination.routing_key"] = message.routing_key
+    if message.message_id:
+        attributes["messaging.message.id"] = message.message_id
+    if message.delivery_tag is not None:
+        attributes["messaging.rabbitmq.message.delivery_tag"] = message.delivery_tag
+    return attributes
+
+
+def creation_links(headers: Mapping[str, Any] | None) -> list[trace.Link]:
+    """A link to the context the message was created in (the publisher's), if it carries one."""
+    context = trace.get_current_span(extract_context(headers)).get_span_context()
+    return [trace.Link(context)] if context.is_valid else []
+
+
+@contextlib.contextmanager
+def process_span(
+    tracer: trace.Tracer,
+    name: str,
+    message: AbstractIncomingMessage,
+    queue: str,
+    attributes: Mapping[str, Any] | None = None,
+) -> Iterator[trace.Span]:
+    """A handler's span, as the message's ``process`` span (see :func:`span`)."""
+    if not _recording:  # only the context the message carries, made current
+        with span(tracer, name, context=consumer_parent(message.headers)) as current:
+            yield current
+        return
+    details = process_attributes(message, queue) | dict(attributes or {})
+    with span(
+        tracer,
+        name,
+        context=consumer_parent(message.headers),
+        kind=trace.SpanKind.CONSUMER,
+        attributes=details,
+        links=creation_links(message.headers),
+    ) as current:
+        yield current
+
+
+# -- spans and context -----------------------------------------------------------------------
+
+
 @contextlib.contextmanager
 def span(
     tracer: trace.Tracer,
@@ -191,6 +373,7 @@ def span(
     context: Context | None = None,
     kind: trace.SpanKind = trace.SpanKind.INTERNAL,
     attributes: Mapping[str, Any] | None = None,
+    links: Iterable[trace.Link] = (),
 ) -> Iterator[trace.Span]:
     """A span when spans are recorded; otherwise only the parent's context, made current.
 
@@ -200,7 +383,7 @@ def span(
     """
     if _recording:
         with tracer.start_as_current_span(
-            name, context=context, kind=kind, attributes=attributes
+            name, context=context, kind=kind, attributes=attributes, links=list(links) or None
         ) as s:
             yield s
     elif context is not None:
@@ -252,3 +435,15 @@ def extract_context(headers: Mapping[str, Any] | None) -> Context:
 def current_trace_id() -> str:
     ctx = trace.get_current_span().get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+
+
+def exemplar() -> dict[str, str] | None:
+    """The current trace as a metric exemplar, when that trace is sampled (kept by the
+    tracing backend): a slow bucket of a histogram then opens a trace that exists."""
+    context = trace.get_current_span().get_span_context()
+    if not (context.is_valid and context.trace_flags.sampled):
+        return None
+    return {
+        "trace_id": format(context.trace_id, "032x"),
+        "span_id": format(context.span_id, "016x"),
+    }

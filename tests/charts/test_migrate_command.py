@@ -72,9 +72,9 @@ async def test_the_wait_ends_at_once_on_a_migrated_database(
 ) -> None:
     code, output = await migrate("wait", url=database_url)
     assert code == 0, output
-    assert "the schema is at 0001" in output
+    assert "the schema is at 0002" in output
     code, output = await migrate("check", url=database_url)
-    assert (code, output.strip()) == (0, "the schema is at 0001")
+    assert (code, output.strip()) == (0, "the schema is at 0002")
 
 
 async def test_the_wait_lasts_until_the_migrations_ran(

@@ -1,4 +1,5 @@
-"""A real Prometheus (Debian's package) for the tests, scraping the services every second."""
+"""A real Prometheus (Debian's package) for the tests, scraping the services every second
+(in OpenMetrics, as it asks for it by default) and evaluating the rule files it is given."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ import yaml
 
 
 class PrometheusServer:
-    def __init__(self, data_dir: Path, targets: dict[str, str]) -> None:
+    def __init__(
+        self, data_dir: Path, targets: dict[str, str], rule_files: tuple[Path, ...] = ()
+    ) -> None:
         self.data_dir = data_dir
         self.targets = targets  # job -> host:port
+        self.rule_files = rule_files  # evaluated every second, like the scrapes
         self.port = port_for.select_random()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -35,6 +39,7 @@ class PrometheusServer:
                 {"job_name": job, "static_configs": [{"targets": [target]}]}
                 for job, target in self.targets.items()
             ],
+            "rule_files": [str(path) for path in self.rule_files],
         }
         config_path = self.data_dir / "prometheus.yml"
         config_path.write_text(yaml.safe_dump(config))

@@ -1,14 +1,23 @@
-"""After a real saga run the metrics moved exactly as the bookings did."""
+"""After a real saga run the metrics moved exactly as the bookings did; the end-to-end
+histogram carries the sampled traces as exemplars, in OpenMetrics."""
 
 from __future__ import annotations
 
 import asyncio
 
+import httpx
 from prometheus_client import CollectorRegistry
 
 from medbook import metrics
 from medbook.config import PolicyDefaults
-from tests.helpers import Infra, booking_body, eligible_body, eventually, running_stack
+from tests.helpers import (
+    Infra,
+    ProcessServices,
+    booking_body,
+    eligible_body,
+    eventually,
+    running_stack,
+)
 
 
 class Sampler:
@@ -168,3 +177,53 @@ def test_no_created_series_beside_counters_and_histograms() -> None:
         names = {s.name for family in registry.collect() for s in family.samples}
         assert "medbook_bookings_created_total" in names or registry is not metrics.BOOKING
         assert sorted(n for n in names if n.endswith("_created")) == []
+
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+async def test_the_saga_histogram_carries_the_trace_as_an_exemplar_in_openmetrics(
+    infra: Infra,
+) -> None:
+    async with running_stack(infra) as stack:  # spans are recorded in this process
+        created = (await stack.book(eligible_body())).json()
+        await stack.wait_terminal(created["bookingId"])
+        # Prometheus's own Accept header: OpenMetrics first, the text format as a fallback.
+        scraped = await stack.api.get(
+            "/metrics",
+            headers={
+                "Accept": "application/openmetrics-text;version=1.0.0,"
+                "application/openmetrics-text;version=0.0.1;q=0.75,"
+                "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+            },
+        )
+        plain = await stack.api.get("/metrics")
+    assert scraped.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert scraped.text.rstrip().endswith("# EOF")
+    exemplars = [
+        line
+        for line in scraped.text.splitlines()
+        if line.startswith("medbook_saga_duration_seconds_bucket") and " # {" in line
+    ]
+    assert any(f'trace_id="{created["traceId"]}"' in line for line in exemplars), exemplars
+    assert plain.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert " # {" not in plain.text  # the text format has no exemplars
+    assert "medbook_saga_duration_seconds_bucket" in plain.text
+
+
+async def test_no_exemplar_points_at_a_trace_that_was_not_sampled(infra: Infra, tmp_path) -> None:
+    services = ProcessServices(infra, tmp_path).start()  # tracing off: nothing is sampled
+    try:
+        async with httpx.AsyncClient(base_url=services.api_url) as api:
+            created = (await api.post("/booking", json=eligible_body())).json()
+            await eventually(
+                lambda: api.get(f"/booking/{created['bookingId']}"),
+                lambda r: r.json()["status"] != "PENDING",
+                what="final",
+            )
+            scraped = await api.get("/metrics", headers={"Accept": OPENMETRICS})
+    finally:
+        services.stop()
+    assert scraped.headers["content-type"].startswith("application/openmetrics-text")
+    assert "medbook_saga_duration_seconds_bucket" in scraped.text
+    assert " # {" not in scraped.text

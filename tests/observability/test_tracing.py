@@ -1,16 +1,32 @@
-"""One trace per booking, across both services; logs carry it; no personal data in either."""
+"""One trace per booking, across both services; logs carry it; no personal data in either.
+Messaging spans follow the RabbitMQ conventions; sampling is the standard OTEL_* variables."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import random
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    set_span_in_context,
+)
 
+from medbook.contracts import BOOKING_QUEUE, DISCOUNT_QUEUE, EXCHANGE
 from medbook.discount import rules
+from medbook.telemetry import sampling_from_environment
 from tests.helpers import Infra, ProcessServices, Stack, eligible_body, eventually
 
 
@@ -27,8 +43,6 @@ def parent_name(span: ReadableSpan, trace: list[ReadableSpan]) -> str | None:
 async def finished_trace(
     spans: InMemorySpanExporter, trace_id: str, last: str
 ) -> list[ReadableSpan]:
-    import asyncio
-
     return await eventually(
         lambda: asyncio.sleep(0, trace_of(spans, trace_id)),
         lambda t: any(s.name == last for s in t),
@@ -151,3 +165,139 @@ async def test_logs_are_json_with_the_trace_id_and_without_personal_data(
     assert {line["service"] for line in about} == {"medbook-booking", "medbook-discount"}
     assert all(line.get("trace_id") == created["traceId"] for line in about), about
     assert all(len(line.get("span_id", "")) == 16 for line in about)
+
+
+AIO_PIKA = "opentelemetry.instrumentation.aio_pika"
+
+
+def scope(span: ReadableSpan) -> str:
+    return span.instrumentation_scope.name if span.instrumentation_scope else ""
+
+
+async def test_messaging_spans_follow_the_rabbitmq_conventions(stack: Stack, spans) -> None:
+    created = (await stack.book(eligible_body())).json()
+    await stack.wait_terminal(created["bookingId"])
+    saga = await finished_trace(spans, created["traceId"], "results (group commit)")
+    # The cancel is a request (a trace) of its own; its quota_released goes the same way.
+    assert (await stack.api.post(f"/booking/{created['bookingId']}/cancel")).status_code == 200
+    [release] = await eventually(
+        lambda: asyncio.sleep(
+            0,
+            [
+                s
+                for s in spans.get_finished_spans()
+                if s.name == "discount.release"
+                and s.attributes.get("medbook.booking_id") == created["bookingId"]
+            ],
+        ),
+        what="the release's process span",
+    )
+    trace = saga + trace_of(spans, format(release.context.trace_id, "032x"))
+
+    sends = {
+        s.attributes["messaging.rabbitmq.destination.routing_key"]: s
+        for s in trace
+        if s.kind is SpanKind.PRODUCER
+    }
+    assert set(sends) == {"booking_created", "discount_processed", "quota_released"}
+    for send in sends.values():
+        assert scope(send) == AIO_PIKA
+        assert send.attributes["messaging.system"] == "rabbitmq"
+        assert send.attributes["messaging.destination.name"] == EXCHANGE
+        assert send.attributes["messaging.operation.type"] == "send"
+        assert send.attributes["messaging.operation.name"] == "publish"
+        assert send.attributes["server.address"] == "127.0.0.1"
+        assert isinstance(send.attributes["server.port"], int)
+    deliveries = [s for s in trace if s.kind is SpanKind.CONSUMER and scope(s) == AIO_PIKA]
+    assert len(deliveries) == 3
+    for delivery in deliveries:
+        assert delivery.attributes["messaging.operation.type"] == "receive"
+        assert delivery.attributes["messaging.destination.name"] == EXCHANGE
+
+    # Each handler's span is the message's process span, linked to where it was created.
+    for name, routing_key, queue in (
+        ("discount.process", "booking_created", DISCOUNT_QUEUE),
+        ("booking.apply_result", "discount_processed", BOOKING_QUEUE),
+        ("discount.release", "quota_released", DISCOUNT_QUEUE),
+    ):
+        [process] = [s for s in trace if s.name == name]
+        assert process.kind is SpanKind.CONSUMER, name
+        attributes = process.attributes
+        assert attributes["messaging.system"] == "rabbitmq", name
+        assert attributes["messaging.operation.type"] == "process", name
+        assert attributes["messaging.destination.name"] == EXCHANGE, name
+        assert attributes["messaging.rabbitmq.destination.routing_key"] == routing_key, name
+        assert attributes["messaging.consumer.group.name"] == queue, name
+        assert attributes["messaging.message.id"], name
+        assert attributes["messaging.rabbitmq.message.delivery_tag"] >= 1, name
+        assert attributes["messaging.message.body.size"] > 0, name
+        [link] = process.links
+        assert link.context.span_id == sends[routing_key].context.span_id, name
+        assert link.context.trace_id == sends[routing_key].context.trace_id, name
+
+
+def tracing_setup(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """setup_tracing in a process of its own (this one's provider is set once, by conftest)."""
+    script = (
+        "from medbook import telemetry\n"
+        "provider = telemetry.setup_tracing('probe')\n"
+        "print(provider.sampler.get_description(), telemetry.recording())\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    return subprocess.run(
+        [sys.executable, "-c", script], env=clean | env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_sampling_is_the_standard_variables_and_a_bad_ratio_stops_the_process() -> None:
+    ratio = tracing_setup(
+        {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
+    )
+    assert ratio.returncode == 0, ratio.stderr
+    assert ratio.stdout.startswith("ParentBased{root:TraceIdRatioBased{0.1},"), ratio.stdout
+    assert ratio.stdout.split()[-1] == "True"
+    off = tracing_setup({})  # no exporter, no sampler: nothing recorded
+    assert off.stdout.split() == ["AlwaysOffSampler", "False"]
+    exported = tracing_setup({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
+    assert exported.stdout.startswith("ParentBased{root:AlwaysOnSampler,"), exported.stdout
+    assert exported.stdout.split()[-1] == "True"
+    never = tracing_setup({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0"})
+    assert never.stdout.split() == ["TraceIdRatioBased{0.0}", "False"]
+    for arg in ("ten percent", "1.5", "-0.1"):
+        bad = tracing_setup(
+            {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": arg}
+        )
+        assert bad.returncode != 0
+        assert "is not a sampling ratio from 0 to 1" in bad.stderr, bad.stderr
+    unknown = tracing_setup({"OTEL_TRACES_SAMPLER": "sometimes"})
+    assert unknown.returncode != 0 and "is not one of" in unknown.stderr
+
+
+def test_a_ratio_sampler_keeps_that_share_of_new_traces_and_follows_the_caller() -> None:
+    chosen = sampling_from_environment(
+        {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
+    )
+    assert chosen is not None and chosen.ratio == 0.1 and chosen.parent_based
+    sampler = chosen.sampler()
+    rng = random.Random(3)
+    kept = sum(
+        sampler.should_sample(None, rng.getrandbits(128), "x").decision
+        is Decision.RECORD_AND_SAMPLE
+        for _ in range(20_000)
+    )
+    assert 1700 < kept < 2300  # 10 % of 20,000 (the binomial's sd is 42)
+
+    def child_of(sampled: bool) -> Decision:
+        parent = SpanContext(
+            rng.getrandbits(128),
+            rng.getrandbits(64),
+            is_remote=True,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT),
+        )
+        context = set_span_in_context(NonRecordingSpan(parent))
+        return sampler.should_sample(context, parent.trace_id, "x").decision
+
+    assert all(child_of(True) is Decision.RECORD_AND_SAMPLE for _ in range(200))
+    assert all(child_of(False) is Decision.DROP for _ in range(200))
+    assert sampling_from_environment({}) is None
+    assert sampling_from_environment({"OTEL_TRACES_SAMPLER": "traceidratio"}).ratio == 1.0

@@ -21,16 +21,20 @@ from dataclasses import dataclass
 
 import asyncpg
 
-# The outcome of a booking in a few words (its status and why).
-_REASON = """
+
+# The outcome of a booking in a few words (its status and why); ``discounted`` is
+# whether its final price is below its base price.
+def _reason(discounted: str) -> str:
+    return f"""
 CASE
-    WHEN status = 'CONFIRMED' AND final_price < base_price THEN 'discount applied'
+    WHEN status = 'CONFIRMED' AND {discounted} THEN 'discount applied'
     WHEN status = 'CONFIRMED' THEN 'base price'
     WHEN status = 'PENDING' THEN 'waiting for the discount step'
     WHEN status = 'CANCELLED' THEN 'cancelled'
     ELSE coalesce(fail_reason, '-')
 END
 """
+
 
 _RECENT = """
 SELECT id::text, user_name, status, base_price, final_price, created_at,
@@ -45,15 +49,32 @@ SELECT (SELECT count(*) FROM bookings WHERE status = 'PENDING') AS pending,
        (SELECT min(created_at) FROM outbox) AS oldest_outbox
 """
 
+# All-time counts come from an index-only scan of bookings_by_outcome (status, fail_reason,
+# prices), grouped on the index's own columns; only the recent window reads the table.
 _STATS = f"""
-SELECT status, {_REASON} AS reason,
-       count(*) AS total,
-       count(*) FILTER (WHERE created_at >= $1) AS recent,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - created_at))
-           FILTER (WHERE completed_at IS NOT NULL AND created_at >= $1) AS p50,
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - created_at))
-           FILTER (WHERE completed_at IS NOT NULL AND created_at >= $1) AS p95
-FROM bookings GROUP BY 1, 2 ORDER BY 1, 3 DESC
+WITH by_index AS (
+    SELECT status, fail_reason, count(*) AS n,
+           count(*) FILTER (WHERE final_price < base_price) AS n_discounted
+    FROM bookings GROUP BY status, fail_reason
+), all_time AS (
+    SELECT status, {_reason("part.discounted")} AS reason, sum(part.n)::bigint AS total
+    FROM by_index
+    CROSS JOIN LATERAL (VALUES (true, n_discounted), (false, n - n_discounted))
+        AS part(discounted, n)
+    WHERE part.n > 0
+    GROUP BY 1, 2
+), recent AS (
+    SELECT status, {_reason("final_price < base_price")} AS reason, count(*) AS recent,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY took) FILTER (WHERE took IS NOT NULL)
+               AS p50,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY took) FILTER (WHERE took IS NOT NULL)
+               AS p95
+    FROM bookings, LATERAL (SELECT extract(epoch FROM completed_at - created_at) AS took) t
+    WHERE created_at >= $1 GROUP BY 1, 2
+)
+SELECT a.status, a.reason, a.total, coalesce(r.recent, 0) AS recent, r.p50, r.p95
+FROM all_time a LEFT JOIN recent r USING (status, reason)
+ORDER BY a.status, a.total DESC
 """  # noqa: S608 (built from constants)
 
 # Purge candidates: last changed before the cutoff; final ones only when no event of theirs

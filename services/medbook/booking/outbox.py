@@ -35,6 +35,8 @@ SELECT id, event, payload, headers, created_at FROM outbox
 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
 """
 
+_DELETE_PUBLISHED = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
+
 
 class OutboxRelay:
     def __init__(
@@ -119,7 +121,7 @@ class OutboxRelay:
                 row["id"] for row, outcome in zip(rows, outcomes, strict=True) if outcome is None
             ]
             if done:
-                await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", done)
+                await conn.execute(_DELETE_PUBLISHED, done)
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         now = utcnow()
         for row, outcome in zip(rows, outcomes, strict=True):

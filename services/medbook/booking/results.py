@@ -28,7 +28,7 @@ from medbook.booking.store import BookingStore
 from medbook.clock import utcnow
 from medbook.contracts import BookingStatus, DiscountProcessed
 from medbook.messaging import DeadLetter
-from medbook.telemetry import consumer_parent, inject_headers, span
+from medbook.telemetry import exemplar, inject_headers, process_span
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("medbook.booking")
@@ -100,15 +100,12 @@ class ResultHandler:
             raise contracts.MalformedMessage(
                 f"{message.type} does not belong on {contracts.BOOKING_QUEUE}"
             )
-        with span(
+        with process_span(
             tracer,
             "booking.apply_result",
-            context=consumer_parent(message.headers),
-            kind=trace.SpanKind.INTERNAL,
-            attributes={
-                "medbook.booking_id": str(result.booking_id),
-                "medbook.status": result.status.value,
-            },
+            message,
+            contracts.BOOKING_QUEUE,
+            {"medbook.booking_id": str(result.booking_id), "medbook.status": result.status.value},
         ):
             await self.apply(result)
 
@@ -120,7 +117,7 @@ class ResultHandler:
             self.finished()
             metrics.SAGA_OUTCOMES.labels(result.status.value, outcome_reason(result)).inc()
             metrics.SAGA_DURATION.labels(result.status.value).observe(
-                (utcnow() - outcome.created_at).total_seconds()
+                (utcnow() - outcome.created_at).total_seconds(), exemplar=exemplar()
             )
             log.debug("booking %s %s", result.booking_id, result.status.value)
         elif decision.verdict is ResultVerdict.DUPLICATE:

@@ -157,6 +157,39 @@ def _json(values: Sequence[str]) -> str:
     return orjson.dumps(list(values)).decode()
 
 
+def create_columns(requests: Sequence[CreateRequest]) -> list[list[Any]]:
+    """The arguments of ``_INSERT_MANY`` for these requests: one array per column."""
+    columns: list[list[Any]] = [[] for _ in range(14)]
+    for r in requests:
+        e = r.booking.event
+        values = (
+            e.booking_id, e.user_id, e.user_name, e.gender.value, e.dob,
+            orjson.dumps([s.model_dump() for s in e.services]).decode(), e.base_price,
+            _json(r.booking.history), e.trace_id, r.idempotency_key,
+            r.fingerprint if r.idempotency_key else None, e.created_at,
+            contracts.encode(e).decode(), orjson.dumps(dict(r.headers)).decode(),
+        )  # fmt: skip
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    return columns
+
+
+def apply_columns(transitions: Sequence[Transition]) -> list[Any]:
+    """The arguments of ``_APPLY_PENDING`` for these results' transitions (the first one's
+    time stamps them all)."""
+    columns: list[list[Any]] = [[] for _ in range(7)]
+    for t in transitions:
+        assert t.expect is BookingStatus.PENDING
+        assert t.status is not KEEP
+        values = (
+            t.booking_id, t.status.value, t.final_price, t.fail_reason, t.quota_day,
+            t.result_id, _json(t.history),
+        )  # fmt: skip
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    return [*columns, transitions[0].at]
+
+
 class Transaction:
     """One transaction's view of the bookings: lock one, store transitions."""
 
@@ -294,20 +327,8 @@ class BookingStore:
         return await self._create_many(requests)
 
     async def _create_many(self, requests: Sequence[CreateRequest]) -> list[CreateOutcome]:
-        columns: list[list[Any]] = [[] for _ in range(14)]
-        for r in requests:
-            e = r.booking.event
-            values = (
-                e.booking_id, e.user_id, e.user_name, e.gender.value, e.dob,
-                orjson.dumps([s.model_dump() for s in e.services]).decode(), e.base_price,
-                _json(r.booking.history), e.trace_id, r.idempotency_key,
-                r.fingerprint if r.idempotency_key else None, e.created_at,
-                contracts.encode(e).decode(), orjson.dumps(dict(r.headers)).decode(),
-            )  # fmt: skip
-            for column, value in zip(columns, values, strict=True):
-                column.append(value)
         async with self.raw() as conn:
-            inserted = await self._insert_batch(conn, columns)
+            inserted = await self._insert_batch(conn, create_columns(requests))
             if len(inserted) < len(requests):  # committed by an earlier try of this call?
                 inserted |= {
                     row["id"]
@@ -374,19 +395,8 @@ class BookingStore:
         """
         if not transitions:
             return {}
-        columns: list[list[Any]] = [[] for _ in range(7)]
-        at = transitions[0].at
-        for t in transitions:
-            assert t.expect is BookingStatus.PENDING
-            assert t.status is not KEEP
-            values = (
-                t.booking_id, t.status.value, t.final_price, t.fail_reason, t.quota_day,
-                t.result_id, _json(t.history),
-            )  # fmt: skip
-            for column, value in zip(columns, values, strict=True):
-                column.append(value)
         async with self.raw() as conn:
-            rows = await conn.fetch(_APPLY_PENDING, *columns, at)
+            rows = await conn.fetch(_APPLY_PENDING, *apply_columns(transitions))
         return {row["id"]: row["created_at"] for row in rows}
 
     async def sweep(self, rule: Timeout) -> list[SweptBooking]:

@@ -9,6 +9,12 @@ requests per user). Progress callbacks report each create, each failed
 request and the bookings finished so far (counted while the bookings are
 still being sent when a progress callback asks for it).
 
+With an ``offered_rate`` the load is open-loop instead (``medbook bench
+--rate``): the bookings are offered at that fixed rate whatever the answers,
+each at its intended time, so a slow system meets a queue of arrivals as it
+would in production, rather than clients that politely wait (coordinated
+omission). Latencies are then measured from each booking's intended send time.
+
 What it measures:
 
 - create throughput and latency (client-side: the HTTP round trip);
@@ -19,7 +25,11 @@ What it measures:
 - outcomes by status and reason, HTTP errors, and every booking still PENDING
   at the end (stuck) with its id;
 - peak RSS of each service (sampled from their ``/metrics``) and of the load
-  generator itself, and the load generator's own CPU use.
+  generator itself, and the load generator's own CPU use;
+- open-loop only: the end-to-end latency from the intended send time to the
+  stored final status, and how late the generator itself sent;
+- with a GET probe: ``GET /booking/{id}`` latency, offered at a fixed rate
+  while the bookings are sent (ids of the run's own bookings and of a sample).
 """
 
 from __future__ import annotations
@@ -69,6 +79,8 @@ class LoadProfile:
     retry_for: float = 0.0
     # Most creates sent per second, all users together (None: as fast as they go).
     rate: float | None = None
+    # Open loop: bookings offered per second whatever the answers (users are then no limit).
+    offered_rate: float | None = None
 
     def __post_init__(self) -> None:
         rpu = self.requests_per_user
@@ -78,6 +90,10 @@ class LoadProfile:
             )
         if self.rate is not None and self.rate <= 0:
             raise ValueError(f"rate must be positive, not {self.rate}")
+        if self.offered_rate is not None and not self.offered_rate > 0:
+            raise ValueError(f"the offered rate must be positive, not {self.offered_rate}")
+        if self.offered_rate is not None and (self.requests_per_user or self.rate):
+            raise ValueError("an open-loop run has neither users' turns nor a pace")
 
     def user_of(self, index: int) -> int:
         """The user who sends request ``index``."""
@@ -152,13 +168,18 @@ def booking_bodies(profile: LoadProfile) -> list[tuple[str, dict[str, Any]]]:
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float | None]:
+    """p50, p95, p99, p99.9 and max (p99.9 means something from a few thousand values on)."""
     if not values:
-        return {"p50": None, "p95": None, "p99": None, "max": None}
+        return {"p50": None, "p95": None, "p99": None, "p99.9": None, "max": None}
     ordered = sorted(values)
     if len(ordered) == 1:
-        return {"p50": ordered[0], "p95": ordered[0], "p99": ordered[0], "max": ordered[0]}
-    q = statistics.quantiles(ordered, n=100, method="inclusive")
-    return {"p50": q[49], "p95": q[94], "p99": q[98], "max": ordered[-1]}
+        return dict.fromkeys(("p50", "p95", "p99", "p99.9", "max"), ordered[0])
+    q = statistics.quantiles(ordered, n=1000, method="inclusive")
+    return {"p50": q[499], "p95": q[949], "p99": q[989], "p99.9": q[998], "max": ordered[-1]}
+
+
+def _ms(values: Sequence[float]) -> dict[str, float | None]:
+    return {k: (v * 1000 if v is not None else None) for k, v in percentiles(values).items()}
 
 
 @dataclass
@@ -174,6 +195,7 @@ class BookingOutcome:
     idempotency_key: str | None = None
     replayed: bool = False  # the 201 that counted was an Idempotency-Key replay
     attempts: int = 1
+    intended_at: dt.datetime | None = None  # open loop: when it was meant to be sent
 
 
 def outcome_reason(outcome: BookingOutcome) -> str:
@@ -212,6 +234,12 @@ class LoadReport:
     replayed: int = 0
     # CPU each sampled service used during the run, in milliseconds per booking created.
     cpu_ms_per_booking: dict[str, float] = field(default_factory=dict)
+    offered_rate: float | None = None  # open loop: bookings offered per second
+    # Open loop: intended send time -> final status (stored), and how late the sends were.
+    offered_latency_ms: dict[str, float | None] | None = None
+    send_lag_ms: dict[str, float | None] | None = None
+    get_latency_ms: dict[str, float | None] | None = None  # with a GET probe
+    get_errors: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -275,6 +303,75 @@ class MetricsSampler:
         return {k: self.cpu_last[k] - v for k, v in self.cpu_first.items() if k in self.cpu_last}
 
 
+@dataclass(frozen=True)
+class GetProbe:
+    """``GET /booking/{id}`` offered at ``rate`` per second while a run sends its bookings,
+    for ids of the run's own bookings and, half of the time, of ``sample`` (older ones)."""
+
+    rate: float
+    sample: Sequence[str] = ()
+
+
+@dataclass
+class ProbeResult:
+    latencies: list[float] = field(default_factory=list)  # seconds, from the intended time
+    errors: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def latency_ms(self) -> dict[str, float | None]:
+        return _ms(self.latencies)
+
+
+async def probe_gets(
+    session: aiohttp.ClientSession,
+    api_url: str,
+    ids: Callable[[], Sequence[str]],
+    probe: GetProbe,
+    stop: asyncio.Event,
+    *,
+    seed: int = 5,
+) -> ProbeResult:
+    """GETs at the probe's rate (open loop) until ``stop`` is set; latency from intended time."""
+    result = ProbeResult()
+    rng = random.Random(seed)
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def get(booking_id: str, intended: float) -> None:
+        try:
+            async with session.get(f"{api_url}/booking/{booking_id}") as response:
+                await response.read()
+                if response.status != 200:
+                    result.errors[f"HTTP {response.status}"] += 1
+                    return
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            result.errors[type(exc).__name__] += 1
+            return
+        result.latencies.append(loop.time() - intended)
+
+    started = loop.time()
+    sent = 0
+    while not stop.is_set():
+        intended = started + sent / probe.rate
+        delay = intended - loop.time()
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                break
+        own = ids()
+        pool = probe.sample if probe.sample and (not own or rng.random() < 0.5) else own
+        sent += 1
+        if not pool:
+            continue
+        task = asyncio.create_task(get(rng.choice(pool), intended))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.gather(*tasks)
+    return result
+
+
 class LoadRun:
     """One run of the engine against a booking API."""
 
@@ -289,6 +386,7 @@ class LoadRun:
         on_created: Callable[[int], None] | None = None,
         on_failed: Callable[[int], None] | None = None,
         on_settled: Callable[[int], None] | None = None,
+        get_probe: GetProbe | None = None,
     ) -> None:
         """``on_settled`` also makes the run count finished bookings while it still sends
         (for a live progress bar): from PostgreSQL when ``database_url`` is given, else by
@@ -304,6 +402,8 @@ class LoadRun:
         self.on_settled = on_settled or (lambda n: None)
         self.live_settle = on_settled is not None
         self._connection: Any = None  # asyncpg, when final states come from PostgreSQL
+        self.get_probe = get_probe
+        self._lags: list[float] = []  # open loop: how late each booking was sent
         # A create sent again (``retry_for``), and what its earlier attempt got; set it
         # after construction (the other callbacks all count, this one names a reason).
         self.on_retry: Callable[[str], None] = lambda kind: None
@@ -314,20 +414,42 @@ class LoadRun:
         bodies = booking_bodies(self.profile)
         usage_before = resource.getrusage(resource.RUSAGE_SELF)
         wall_before = time.monotonic()
-        connector = aiohttp.TCPConnector(limit=self.profile.concurrency + 8, force_close=False)
+        # Open loop: the connections are not what limits the offered load.
+        limit = 1024 if self.profile.offered_rate else self.profile.concurrency + 8
+        connector = aiohttp.TCPConnector(limit=limit, force_close=False)
+        probed: ProbeResult | None = None
         async with aiohttp.ClientSession(connector=connector, headers=self.headers) as session:
             self.sampler.start(session)
             outcomes: list[BookingOutcome] = []
+            stop_probe = asyncio.Event()
+            probing = None
+            if self.get_probe is not None:
+                probing = asyncio.create_task(
+                    probe_gets(
+                        session,
+                        self.api_url,
+                        lambda: [o.booking_id for o in outcomes],
+                        self.get_probe,
+                        stop_probe,
+                    )
+                )
             try:
-                creating = asyncio.create_task(self._create_all(session, bodies, outcomes))
+                send = self._offer_all if self.profile.offered_rate else self._create_all
+                creating = asyncio.create_task(send(session, bodies, outcomes))
                 try:
                     if self.live_settle:
                         await self._settle(session, outcomes, creating)
                     latencies, errors, create_seconds = await creating
                 finally:
                     creating.cancel()
+                    stop_probe.set()
+                    if probing is not None:
+                        probed = await probing
                 await self._settle(session, outcomes, None)
             finally:
+                stop_probe.set()
+                if probing is not None and not probing.done():
+                    probing.cancel()
                 await self.sampler.stop()
                 if self._connection is not None:
                     with contextlib.suppress(Exception):
@@ -337,7 +459,49 @@ class LoadRun:
             usage_after.ru_stime - usage_before.ru_stime
         )
         wall = time.monotonic() - wall_before
-        return self._report(outcomes, latencies, errors, create_seconds, 100.0 * cpu / wall)
+        report = self._report(outcomes, latencies, errors, create_seconds, 100.0 * cpu / wall)
+        if probed is not None:
+            report.get_latency_ms = probed.latency_ms
+            report.get_errors = dict(probed.errors)
+        return report
+
+    async def _offer_all(
+        self,
+        session: aiohttp.ClientSession,
+        bodies: list[tuple[str, dict[str, Any]]],
+        outcomes: list[BookingOutcome],
+    ) -> tuple[list[float], Counter[str], float]:
+        """Open loop: booking i goes at start + i / rate, whether or not the earlier ones
+        were answered; its latency counts from that intended time."""
+        assert self.profile.offered_rate is not None
+        rate = self.profile.offered_rate
+        latencies: list[float] = []
+        errors: Counter[str] = Counter()
+        loop = asyncio.get_running_loop()
+        start = loop.time() + 0.05
+        wall_start = time.time() - loop.time() + start  # the same instant on the wall clock
+
+        async def send(index: int, kind: str, body: dict[str, Any]) -> None:
+            intended = start + index / rate
+            self._lags.append(loop.time() - intended)
+            outcome, error = await self._create(session, index, kind, body)
+            if outcome is None:
+                errors[error] += 1
+                self.on_failed(sum(errors.values()))
+                return
+            latencies.append(loop.time() - intended)
+            outcome.intended_at = dt.datetime.fromtimestamp(wall_start + index / rate, dt.UTC)
+            outcomes.append(outcome)
+            self.on_created(len(outcomes))
+
+        tasks = []
+        for index, (kind, body) in enumerate(bodies):
+            delay = start + index / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(send(index, kind, body)))
+        await asyncio.gather(*tasks)
+        return latencies, errors, loop.time() - start
 
     async def _create_all(
         self,
@@ -547,6 +711,11 @@ class LoadRun:
             for o in done
             if o.completed_at and o.created_at
         ]
+        offered = [
+            (o.completed_at - o.intended_at).total_seconds()
+            for o in done
+            if o.completed_at and o.intended_at
+        ]
         return LoadReport(
             requested=self.profile.bookings,
             created=len(outcomes),
@@ -572,6 +741,9 @@ class LoadRun:
             bookings=outcomes,
             requests_per_user=self.profile.requests_per_user,
             ramp_up=self.profile.ramp_up,
+            offered_rate=self.profile.offered_rate,
+            offered_latency_ms=_ms(offered) if self.profile.offered_rate else None,
+            send_lag_ms=_ms(self._lags) if self.profile.offered_rate else None,
             retried=dict(self._retried),
             replayed=sum(o.replayed for o in outcomes),
             cpu_ms_per_booking={
@@ -588,7 +760,9 @@ def render(report: LoadReport) -> str:
             f"{k} {v:.1f} ms" if v is not None else f"{k} -" for k, v in values.items()
         )
 
-    if report.requests_per_user:
+    if report.offered_rate:
+        who = f"offered at {report.offered_rate:.0f}/s (open loop)"
+    elif report.requests_per_user:
         who = f"by {report.concurrency} users x {report.requests_per_user} requests"
     else:
         who = f"at concurrency {report.concurrency}"
@@ -602,6 +776,22 @@ def render(report: LoadReport) -> str:
         if report.saga_rate
         else "saga           no booking reached a final status",
         f"end-to-end     {ms(report.saga_latency_ms)} (server-side, created -> final)",
+        *(
+            [
+                f"offered e2e    {ms(report.offered_latency_ms)} (intended send -> final)",
+                f"send lag       {ms(report.send_lag_ms)} (the generator's own lateness)",
+            ]
+            if report.offered_latency_ms is not None and report.send_lag_ms is not None
+            else []
+        ),
+        *(
+            [
+                f"GET /booking   {ms(report.get_latency_ms)}; errors "
+                + (", ".join(f"{k}: {v}" for k, v in (report.get_errors or {}).items()) or "none")
+            ]
+            if report.get_latency_ms is not None
+            else []
+        ),
         "outcomes       " + ", ".join(f"{k} {v}" for k, v in sorted(report.outcomes.items())),
         "reasons        " + ", ".join(f"{k}: {v}" for k, v in sorted(report.reasons.items())),
         "peak RSS       "

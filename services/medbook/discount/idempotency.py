@@ -65,6 +65,22 @@ class Completion:
     used: int | None  # the day's count after it
 
 
+def complete_arguments(
+    booking_id: uuid.UUID, plan: Plan, now: str, ttl: int
+) -> tuple[list[str], list[bytes | str | int]]:
+    """The keys and arguments of ``_COMPLETE`` for this booking's plan."""
+    unit = plan.unit
+    if unit is None:
+        return [record_key(booking_id)], [contracts.encode(plan.result), now, ttl, "0"]
+    assert plan.if_denied is not None
+    keys = [record_key(booking_id), counter_key(unit.day), members_key(unit.day)]
+    keys.append(reservation_key(booking_id))
+    args: list[bytes | str | int] = [contracts.encode(plan.result), now, ttl, "1"]
+    args += [contracts.encode(plan.if_denied), str(booking_id), unit.limit]
+    args += [DAY_TTL_SECONDS, unit.day.isoformat()]
+    return keys, args
+
+
 class IdempotencyStore:
     def __init__(self, redis: Redis, ttl_seconds: int, replicas: ReplicaAck | None = None) -> None:
         self.redis = redis
@@ -77,22 +93,10 @@ class IdempotencyStore:
     async def complete(self, booking_id: uuid.UUID, plan: Plan, now: str) -> Completion:
         """Store the plan's result (reserving its quota unit first, if it needs one),
         unless a result is stored already; return the one in force."""
-        unit = plan.unit
-        if unit is None:
-            stored, granted, _ = await self.replicas.run(
-                self.redis,
-                self._complete,
-                [record_key(booking_id)],
-                [contracts.encode(plan.result), now, self.ttl, "0"],
-            )
-            return Completion(bytes(stored), int(granted) != -1, None, None)
-        assert plan.if_denied is not None
-        keys = [record_key(booking_id), counter_key(unit.day), members_key(unit.day)]
-        keys.append(reservation_key(booking_id))
-        args: list[bytes | str | int] = [contracts.encode(plan.result), now, self.ttl, "1"]
-        args += [contracts.encode(plan.if_denied), str(booking_id), unit.limit]
-        args += [DAY_TTL_SECONDS, unit.day.isoformat()]
+        keys, args = complete_arguments(booking_id, plan, now, self.ttl)
         stored, granted, used = await self.replicas.run(self.redis, self._complete, keys, args)
+        if plan.unit is None:
+            return Completion(bytes(stored), int(granted) != -1, None, None)
         fresh = int(granted) != -1
         return Completion(
             bytes(stored),

@@ -36,7 +36,7 @@ from medbook.messaging import Consumer, Publisher, connect
 from medbook.redis_address import describe as describe_redis
 from medbook.redis_connection import redis_client, redis_errors
 from medbook.redis_sentinel import refuse_cluster_mode
-from medbook.telemetry import consumer_parent, inject_headers, span
+from medbook.telemetry import inject_headers, process_span
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("medbook.discount")
@@ -138,24 +138,13 @@ class DiscountWorker:
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         event = contracts.decode(message.type, message.body)
-        parent = consumer_parent(message.headers)
+        booking = {"medbook.booking_id": str(getattr(event, "booking_id", ""))}
+        queue = contracts.DISCOUNT_QUEUE
         if isinstance(event, BookingCreated):
-            with span(
-                tracer,
-                "discount.process",
-                context=parent,
-                kind=trace.SpanKind.INTERNAL,
-                attributes={"medbook.booking_id": str(event.booking_id)},
-            ):
+            with process_span(tracer, "discount.process", message, queue, booking):
                 await self.process_booking(event, redelivered=bool(message.redelivered))
         elif isinstance(event, QuotaReleased):
-            with span(
-                tracer,
-                "discount.release",
-                context=parent,
-                kind=trace.SpanKind.INTERNAL,
-                attributes={"medbook.booking_id": str(event.booking_id)},
-            ):
+            with process_span(tracer, "discount.release", message, queue, booking):
                 await self.release(event)
         else:
             raise contracts.MalformedMessage(

@@ -36,6 +36,7 @@ log = logging.getLogger("medbook.migrate")
 # hook, a person): a session-level advisory lock, keyed by this name.
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"medbook-migrate").digest()[:8], "big", signed=True)
 CONNECT_TIMEOUT = 5  # seconds, for each attempt to reach the database
+LOCK_POLL = 0.2  # seconds between tries for the migration lock
 
 
 def alembic_config(url: str) -> Config:
@@ -129,8 +130,15 @@ def upgrade(url: str, revision: str = "head") -> None:
     """Apply the migrations up to ``revision``, one migrating process at a time."""
     engine = _engine(url)
     try:
-        with engine.connect() as lock:
-            lock.execute(text("SELECT pg_advisory_lock(:key)"), {"key": LOCK_KEY})
+        # Autocommit, and a migrator waits its turn between tries rather than in a statement:
+        # a migration that builds an index CONCURRENTLY waits out every transaction open in
+        # the database, a session idle in one or blocked in pg_advisory_lock included, so
+        # either would make it (and them) wait forever.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as lock:
+            while not lock.execute(
+                text("SELECT pg_try_advisory_lock(:key)"), {"key": LOCK_KEY}
+            ).scalar():
+                time.sleep(LOCK_POLL)
             try:
                 command.upgrade(alembic_config(url), revision)
             finally:
