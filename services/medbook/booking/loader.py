@@ -29,8 +29,9 @@ import asyncpg
 import orjson
 
 from medbook import contracts
-from medbook.booking.domain import KEEP, NewBooking, Transition
-from medbook.booking.store import outbox_row
+from medbook.booking.domain import KEEP, NewBooking, Timeout, Transition
+from medbook.booking.maintenance import _STATS  # the statement ``bookings stats`` runs
+from medbook.booking.store import _SWEEP, _json, outbox_row  # the sweep's own statement
 from medbook.booking.validation import user_id_for
 from medbook.clock import js_iso
 
@@ -199,3 +200,63 @@ async def copy_backlog(
                 columns=OUTBOX_COLUMNS,
             )
     return len(bookings)
+
+
+async def sample_ids(conn: asyncpg.Connection, rows: int, sample: int) -> list[str]:
+    """About ``sample`` booking ids drawn from a few percent of the table's pages (ids are
+    random, so any page is a random draw): GETs that are not all of the newest rows."""
+    percent = min(100.0, 300.0 * sample / max(rows, 1))
+    found = await conn.fetch(
+        f"SELECT id::text FROM bookings TABLESAMPLE SYSTEM ({percent:f}) LIMIT $1",  # noqa: S608
+        sample,
+    )
+    return [row["id"] for row in found]
+
+
+_RELATIONS: Final = frozenset({"bookings", "outbox"})
+
+
+def _relation(name: str) -> str:
+    if name not in _RELATIONS:
+        raise ValueError(f"not one of medbook's tables: {name!r}")
+    return name
+
+
+async def analyze(conn: asyncpg.Connection, *relations: str, vacuum: bool = False) -> None:
+    """``ANALYZE`` (``VACUUM (ANALYZE)`` when asked) each table, as autovacuum would have."""
+    for relation in map(_relation, relations):
+        await conn.execute(f"VACUUM (ANALYZE) {relation}" if vacuum else f"ANALYZE {relation}")
+
+
+async def relation_bytes(conn: asyncpg.Connection, relation: str, *, vacuum: bool = False) -> int:
+    """The size of a table with its indexes, in bytes (after a plain VACUUM when asked)."""
+    relation = _relation(relation)
+    if vacuum:
+        await conn.execute(f"VACUUM {relation}")
+    return int(await conn.fetchval("SELECT pg_total_relation_size($1::regclass)", relation))
+
+
+async def _explain(conn: asyncpg.Connection, statement: str, *args: Any) -> list[str]:
+    """The plan, executed (ANALYZE) in a transaction that is rolled back."""
+    plan: list[str] = []
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        for row in await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {statement}", *args):
+            plan.append(row[0])
+    finally:
+        await transaction.rollback()
+    return plan
+
+
+async def explain_stats(conn: asyncpg.Connection, since: dt.datetime) -> list[str]:
+    """The plan of ``bookings stats``'s outcome query, run and rolled back."""
+    return await _explain(conn, _STATS, since)
+
+
+async def explain_sweep(conn: asyncpg.Connection, rule: Timeout) -> list[str]:
+    """The plan of the timeout sweep's UPDATE, run and rolled back (nothing is swept)."""
+    return await _explain(
+        conn, _SWEEP, rule.status.value, rule.fail_reason, _json(rule.history), rule.at,
+        rule.cutoff,
+    )  # fmt: skip

@@ -558,7 +558,9 @@ def bench(
     ceiling_window: Annotated[
         int,
         typer.Option(
-            min=1, help="Bookings the ceiling keeps in flight at most (MEDBOOK_MAX_PENDING)."
+            min=1,
+            metavar="N",
+            help="Bookings the ceiling keeps in flight at most (MEDBOOK_MAX_PENDING).",
         ),
     ] = 32,
     rate: Annotated[
@@ -591,6 +593,7 @@ def bench(
         int,
         typer.Option(
             min=1,
+            metavar="N",
             help="--sampling: measure off and each ratio this many times, interleaved, and "
             "report the medians (on a shared machine, 3 or more).",
         ),
@@ -615,7 +618,11 @@ def bench(
     ] = None,
     get_rate: Annotated[
         float,
-        typer.Option(min=1, help="GET /booking/{id} per second during --data and --backlog."),
+        typer.Option(
+            min=1,
+            metavar="PER_SECOND",
+            help="GET /booking/{id} per second during --data and --backlog.",
+        ),
     ] = 100.0,
     database_url: common.StatesDatabaseUrl = None,
     worker_metrics_url: common.WorkerMetricsUrl = None,

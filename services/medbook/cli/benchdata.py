@@ -16,7 +16,6 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 
@@ -24,8 +23,8 @@ from medbook.booking import catalog, domain, loader
 from medbook.booking.database import create_database
 from medbook.booking.domain import Booking, BookingRequest, NewBooking
 from medbook.booking.loader import Template
-from medbook.booking.maintenance import _STATS, BookingMaintenance  # its own statement
-from medbook.booking.store import _SWEEP, BookingStore  # the sweep's own statement
+from medbook.booking.maintenance import BookingMaintenance
+from medbook.booking.store import BookingStore
 from medbook.booking.validation import parse_booking_request
 from medbook.cli.loadgen import LoadProfile, booking_bodies
 from medbook.clock import utcnow
@@ -98,18 +97,13 @@ async def load_year(database_url: str, count: int, *, sample: int = 2000) -> Loa
         now = utcnow()
         started = time.perf_counter()
         rows = await loader.copy_history(conn, history_templates(now), count, until=now)
-        await conn.execute("VACUUM (ANALYZE) bookings")
+        await loader.analyze(conn, "bookings", vacuum=True)
         seconds = time.perf_counter() - started
-        # A few percent of the pages (ids are random, so any page is a random draw).
-        percent = min(100.0, 300.0 * sample / max(count, 1))
-        ids = await conn.fetch(
-            f"SELECT id::text FROM bookings TABLESAMPLE SYSTEM ({percent:f}) LIMIT $1",  # noqa: S608
-            sample,
-        )
-        size = await conn.fetchval("SELECT pg_total_relation_size('bookings')")
+        ids = await loader.sample_ids(conn, count, sample)
+        size = await loader.relation_bytes(conn, "bookings")
     finally:
         await conn.close()
-    return Loaded(rows, seconds, [r["id"] for r in ids], int(size))
+    return Loaded(rows, seconds, ids, size)
 
 
 async def load_backlog(database_url: str, count: int) -> tuple[float, list[str]]:
@@ -120,7 +114,7 @@ async def load_backlog(database_url: str, count: int) -> tuple[float, list[str]]
     try:
         started = time.perf_counter()
         await loader.copy_backlog(conn, bookings)
-        await conn.execute("ANALYZE bookings; ANALYZE outbox")
+        await loader.analyze(conn, "bookings", "outbox")
         seconds = time.perf_counter() - started
     finally:
         await conn.close()
@@ -132,19 +126,6 @@ class TimedQuery:
     name: str
     seconds: float  # the best of a few runs, as the command sees it
     plan: list[str]  # EXPLAIN (ANALYZE, BUFFERS)
-
-
-async def _explain(conn: asyncpg.Connection, statement: str, *args: Any) -> list[str]:
-    """The plan, executed (ANALYZE) in a transaction that is rolled back."""
-    plan: list[str] = []
-    transaction = conn.transaction()
-    await transaction.start()
-    try:
-        for row in await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {statement}", *args):
-            plan.append(row[0])
-    finally:
-        await transaction.rollback()
-    return plan
 
 
 async def time_operations(database_url: str, pending_timeout: dt.timedelta) -> list[TimedQuery]:
@@ -176,10 +157,8 @@ async def time_operations(database_url: str, pending_timeout: dt.timedelta) -> l
                 best = min(best, time.perf_counter() - started)
             timed.append(TimedQuery(name, best, []))
         rule = domain.time_out(pending_timeout, utcnow())
-        timed[0].plan = await _explain(conn, _STATS, since)
-        timed[1].plan = await _explain(
-            conn, _SWEEP, rule.status.value, rule.fail_reason, "[]", rule.at, rule.cutoff
-        )
+        timed[0].plan = await loader.explain_stats(conn, since)
+        timed[1].plan = await loader.explain_sweep(conn, rule)
     finally:
         await conn.close()
         await store.disconnect()
@@ -190,8 +169,6 @@ async def relation_bytes(database_url: str, relation: str, *, vacuum: bool = Fal
     """The size of a table with its indexes (after a plain VACUUM when asked)."""
     conn = await asyncpg.connect(database_url)
     try:
-        if vacuum:
-            await conn.execute(f"VACUUM {relation}")
-        return int(await conn.fetchval("SELECT pg_total_relation_size($1::regclass)", relation))
+        return await loader.relation_bytes(conn, relation, vacuum=vacuum)
     finally:
         await conn.close()
