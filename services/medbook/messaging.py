@@ -47,6 +47,7 @@ from aio_pika.abc import (
 )
 
 from medbook import metrics
+from medbook.acks import AckCoalescer
 from medbook.backoff import Backoff
 from medbook.broker_connection import broker_urls, connect_robust_any, is_nack
 from medbook.clock import utcnow
@@ -333,6 +334,7 @@ class Consumer:
         self._queue: aio_pika.abc.AbstractQueue | None = None
         self._tag: str | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self.acks = AckCoalescer()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -375,6 +377,7 @@ class Consumer:
         assert task is not None
         self._in_flight.add(task)
         self._idle.clear()
+        self.acks.received(message)
         try:
             await self._process(message)
         finally:
@@ -402,7 +405,7 @@ class Consumer:
                 await self._dead_letter(message, str(exc), label, tries=self._tries(message) + 1)
                 return
             except asyncio.CancelledError:
-                await self._settle(message.nack(requeue=True))
+                await self._settle(message, message.nack(requeue=True), sent_back=True)
                 raise
             except DependencyUnavailable as exc:
                 if self.stopping.is_set():
@@ -412,7 +415,7 @@ class Consumer:
                         exc.what,
                         self.queue_name,
                     )
-                    await self._settle(message.nack(requeue=True))
+                    await self._settle(message, message.nack(requeue=True), sent_back=True)
                     return
                 now = time.monotonic()
                 outage_since = now if outage_since is None else outage_since
@@ -433,7 +436,7 @@ class Consumer:
                 await self._failed(message, exc)
                 return
             else:
-                await self._settle(message.ack())
+                await self._settle(message, self.acks.ack(message))
                 metrics.MESSAGES_CONSUMED.labels(self.queue_name, event, "acked").inc()
                 return
 
@@ -480,9 +483,9 @@ class Consumer:
                 message.type,
                 publish_exc,
             )
-            await self._settle(message.nack(requeue=True))
+            await self._settle(message, message.nack(requeue=True), sent_back=True)
             return
-        await self._settle(message.ack())
+        await self._settle(message, self.acks.ack(message))
         metrics.MESSAGES_RETRIED.labels(self.queue_name, "failed").inc()
         metrics.MESSAGES_CONSUMED.labels(
             self.queue_name, message.type or "unknown", "retried"
@@ -508,18 +511,25 @@ class Consumer:
         except Exception as exc:
             # Let the broker's own dead-lettering take it (reason in x-death).
             log.error("cannot publish the dead letter (%r); rejecting to the broker's DLX", exc)
-            await self._settle(message.reject(requeue=False))
+            await self._settle(message, message.reject(requeue=False), sent_back=True)
         else:
-            await self._settle(message.ack())
+            await self._settle(message, self.acks.ack(message))
         metrics.MESSAGES_DEAD_LETTERED.labels(self.queue_name, label).inc()
         metrics.MESSAGES_CONSUMED.labels(
             self.queue_name, message.type or "unknown", "dead_lettered"
         ).inc()
 
-    async def _settle(self, settle: Awaitable[None]) -> None:
-        """Ack/nack; on a lost channel the broker redelivers by itself, so that is not an error."""
+    async def _settle(
+        self, message: AbstractIncomingMessage, settle: Awaitable[None], *, sent_back: bool = False
+    ) -> None:
+        """Ack (coalesced: acks.py), nack or reject; on a lost channel the broker redelivers by
+        itself, so that is not an error."""
         try:
-            await settle
+            if sent_back:  # outstanding until sent, so that no coalesced ack covers it
+                async with self.acks.settling(message):
+                    await settle
+            else:
+                await settle
         except Exception as exc:
             log.info(
                 "could not settle a message on %s (%r); the broker will redeliver it",

@@ -29,7 +29,6 @@ from medbook.backoff import Backoff
 from medbook.booking import errors
 from medbook.booking.admission import AdmissionControl
 from medbook.booking.api import ROUTES
-from medbook.booking.batching import GroupCommit
 from medbook.booking.database import create_database
 from medbook.booking.middleware import BearerAuth, HttpMetrics, UnexpectedErrors
 from medbook.booking.monitor import SagaMonitor
@@ -39,6 +38,7 @@ from medbook.booking.store import BookingStore
 from medbook.booking.usecases import Bookings
 from medbook.config import BookingSettings
 from medbook.failures import DependencyUnavailable
+from medbook.group_commit import GroupCommit
 from medbook.messaging import Consumer, Publisher, connect
 from medbook.telemetry import recording, setup_tracing
 
@@ -60,7 +60,7 @@ class BookingService:
             statement_timeout=db.statement_timeout,
         )
         self.store = BookingStore(self.db)
-        # Concurrent creates (and results) share a statement and a commit: see batching.py.
+        # Concurrent creates (and results) share a statement and a commit: see group_commit.py.
         self.creates = GroupCommit(self.store.create_many, name="create")
         self.results = GroupCommit(functools.partial(apply_results, self.store), name="results")
         self.connection: AbstractRobustConnection | None = None

@@ -1,6 +1,6 @@
 """The result consumer: applies each ``discount_processed`` to its booking.
 
-Results are applied in batches (group commit, ``batching.py``): the domain says
+Results are applied in batches (group commit, ``group_commit.py``): the domain says
 what each result does to a PENDING booking, and one conditional statement
 stores all of them (``... AND status = 'PENDING'``). A result whose booking had
 left PENDING meanwhile (swept, cancelled) or that is a repeat is decided again

@@ -14,7 +14,9 @@ waits in the broker.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -31,7 +33,8 @@ from medbook.discount.quota import DAY_TTL_SECONDS, RESERVE_FUNCTION
 
 __all__ = ["RECORD_PREFIX", "Completion", "IdempotencyStore", "record_key"]
 from medbook.discount.replica_ack import ReplicaAck
-from medbook.redis_connection import redis_call
+from medbook.group_commit import GroupCommit
+from medbook.redis_connection import redis_call, redis_errors
 
 # Stores the booking's result, reserving its quota unit in the same atomic step
 # when it is eligible, so there is never a unit held without its result recorded.
@@ -65,9 +68,10 @@ class Completion:
     used: int | None  # the day's count after it
 
 
-def complete_arguments(
-    booking_id: uuid.UUID, plan: Plan, now: str, ttl: int
-) -> tuple[list[str], list[bytes | str | int]]:
+_Call = tuple[list[str], list[bytes | str | int]]
+
+
+def complete_arguments(booking_id: uuid.UUID, plan: Plan, now: str, ttl: int) -> _Call:
     """The keys and arguments of ``_COMPLETE`` for this booking's plan."""
     unit = plan.unit
     if unit is None:
@@ -88,13 +92,24 @@ class IdempotencyStore:
         # A stored decision counts once enough replicas have it (replica_ack.py).
         self.replicas = replicas or ReplicaAck()
         self._complete = redis.register_script(_COMPLETE)
+        # Decisions taken in the same loop turn go to Redis in one pipeline (one round trip,
+        # one WAIT with replicas): each is still its own atomic script, with its own answer.
+        self._decisions: GroupCommit[_Call, Any] = GroupCommit(
+            self._complete_many, max_batch=128, name="quota decisions"
+        )
+
+    async def _complete_many(self, calls: Sequence[_Call]) -> list[Any]:
+        with redis_errors():  # an outage fails the batch (it is not retried item by item)
+            return await self.replicas.run_many(self.redis, self._complete, calls)
 
     @redis_call
     async def complete(self, booking_id: uuid.UUID, plan: Plan, now: str) -> Completion:
         """Store the plan's result (reserving its quota unit first, if it needs one),
         unless a result is stored already; return the one in force."""
-        keys, args = complete_arguments(booking_id, plan, now, self.ttl)
-        stored, granted, used = await self.replicas.run(self.redis, self._complete, keys, args)
+        reply = await self._decisions.submit(complete_arguments(booking_id, plan, now, self.ttl))
+        if isinstance(reply, BaseException):  # this script's own error, not the batch's
+            raise reply
+        stored, granted, used = reply
         if plan.unit is None:
             return Completion(bytes(stored), int(granted) != -1, None, None)
         fresh = int(granted) != -1

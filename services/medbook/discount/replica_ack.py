@@ -107,6 +107,46 @@ class ReplicaAck:
             return result
         raise redis_exceptions.NoScriptError("the script was loaded but Redis does not find it")
 
+    async def run_many(
+        self,
+        redis: Redis,
+        script: AsyncScript,
+        calls: Sequence[tuple[Sequence[KeyT], Sequence[EncodableT]]],
+    ) -> list[Any]:
+        """``script`` once per call, all in one pipeline (one round trip, with the rule on one
+        ``WAIT`` for them all); each call's result, or the exception its call raised.
+
+        A connection lost, or replicas that do not acknowledge, raise for every call (none
+        of them counts)."""
+        outcomes: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for _ in range(2):  # a second round only for calls that found the script missing
+            async with redis.pipeline(transaction=False) as pipe:
+                for i in todo:
+                    keys, args = calls[i]
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                if self.enabled:
+                    pipe.set(BARRIER_KEY, "1", ex=_BARRIER_TTL)
+                    pipe.wait(self.replicas, self.timeout_ms)
+                replies = await pipe.execute(raise_on_error=False)
+            if self.enabled:
+                *replies, barrier, acknowledged = replies
+                for outcome in (barrier, acknowledged):
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+                self._check(acknowledged)
+            missing = []
+            for i, reply in zip(todo, replies, strict=True):
+                if isinstance(reply, redis_exceptions.NoScriptError):
+                    missing.append(i)
+                outcomes[i] = reply
+            if not missing:
+                return outcomes
+            # A new master (after a failover, or a restart) has an empty script cache.
+            await redis.script_load(script.script)
+            todo = missing
+        return outcomes  # (each call still missing the script has its NoScriptError)
+
     async def barrier(self, redis: Redis) -> None:
         """Return once enough replicas have everything written so far (by any connection):
         for a result read back (a redelivery of a booking already decided) before it is

@@ -1,6 +1,8 @@
-"""Group commit: concurrent callers share one statement and one commit.
+"""Group commit: concurrent callers share one statement and one commit (or one round trip).
 
-Under load, many requests (or results) arrive while a statement is in
+The booking service batches its creates and its results into one PostgreSQL
+statement each; the discount worker batches its decisions into one Redis
+pipeline. Under load, many requests (or results) arrive while a statement is in
 flight. Instead of one transaction each, they queue and the next flush
 writes all of them in one statement: one round trip, one WAL flush, one pool
 checkout, for up to ``max_batch`` items. There is no timer: a flush starts as
@@ -33,7 +35,7 @@ from medbook.failures import DependencyError
 from medbook.telemetry import recording
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer("medbook.booking")
+tracer = trace.get_tracer("medbook")
 
 In = TypeVar("In")
 Out = TypeVar("Out")
