@@ -19,9 +19,10 @@ test: install-dev
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 ## The benchmark on a fresh local system, in one run: the design's ceiling and medbook's ratio to
-## it, the closed-loop figure, open-loop latency at 50% and 80% of it, tracing off/10%/100%.
+## it, the closed-loop figure, open-loop latency at 50% and 80% of it, tracing off/10%/100%,
+## and the good bookings' latency with 1 request in 10 hostile.
 ## BENCH_ARGS adds options (e.g. BENCH_ARGS="--data 1000000 --backlog 100000", or -n, -c, --json).
-BENCH_RUNS ?= --ceiling --rate 50% --rate 80% --sampling 10% --sampling 100%
+BENCH_RUNS ?= --ceiling --rate 50% --rate 80% --sampling 10% --sampling 100% --hostile 10%
 bench: install
 	scripts/install-system-deps
 	$(BIN)/medbook bench --local $(BENCH_RUNS) $(BENCH_ARGS)

@@ -3,7 +3,9 @@
 uvicorn (httptools) bounds the body only through the application and leaves the
 request line and headers unbounded: a 16 MiB header was parsed (and buffered)
 in full before the application could refuse it. :class:`BoundedHttpProtocol`
-counts the bytes of each request's line and headers as they arrive and answers
+counts the bytes of each request's line and headers as they arrive (the raw
+bytes fed to the parser a piece at a time bound what is buffered; the parser's
+callbacks give the exact count of the target and of each header) and answers
 ``414`` (a request target over :data:`MAX_URL_BYTES`) or ``431`` (line and
 headers over :data:`MAX_HEAD_BYTES`) at once, reading and discarding what the
 client still sends (so it receives the answer instead of a reset) and never
@@ -57,6 +59,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
         self._url_bytes = 0
+        self._header_bytes = 0
         self._refusal: tuple[int, str] | None = None  # decided inside a parser callback
         self._discarding = False
 
@@ -84,6 +87,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
         self._url_bytes = 0
+        self._header_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._url_bytes += len(url)
@@ -91,6 +95,18 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self._refusal = (414, f"Request target is longer than {MAX_URL_BYTES} bytes")
             raise ValueError("request target too long")  # the parser stops: send_400_response
         super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # The exact count (the pieces fed above only bound what is buffered): the target,
+        # then each header line as sent (name, ": ", value, CRLF).
+        self._header_bytes += len(name) + len(value) + 4
+        if self._url_bytes + self._header_bytes > MAX_HEAD_BYTES:
+            self._refusal = (
+                431,
+                f"Request line and headers are larger than {MAX_HEAD_BYTES} bytes",
+            )
+            raise ValueError("head too large")  # the parser stops: send_400_response
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False

@@ -164,6 +164,7 @@ def test_a_local_run_measures_every_comparison_in_one_run(tmp_path: Path) -> Non
     report = bench(
         "--local", "-n", "80", "-c", "8", "--warmup", "0", "--ceiling", "--sampling", "10%",
         "--rate", "50%", "--data", "3000", "--backlog", "400", "--get-rate", "50",
+        "--hostile", "10%",
         timeout=600,
     )  # fmt: skip
     assert report["stuck"] == [] and report["http_errors"] == {}
@@ -191,6 +192,12 @@ def test_a_local_run_measures_every_comparison_in_one_run(tmp_path: Path) -> Non
     for operation in operations.values():  # (the plans chosen for a few rows say little)
         assert operation["seconds"] > 0
         assert any(line.startswith("Execution Time") for line in operation["plan"])
+    hostile = report["hostile"]  # 80 good bookings, and 1 request in 10 refused as it must be
+    assert hostile["created"] == 80 and hostile["stuck"] == 0 and hostile["http_errors"] == {}
+    assert hostile["requests"]["sent"] == 8 and hostile["requests"]["unexpected"] == {}
+    assert all(set(statuses) <= {"400", "413", "414", "431"}
+               for statuses in hostile["requests"]["answers"].values())  # fmt: skip
+    assert hostile["saga_p99_ratio_to_clean"] > 0 and hostile["create_p99_ratio_to_clean"] > 0
     backlog = report["backlog"]
     assert backlog["finished"] and backlog["outbox_drain_rate"] > 0
     assert backlog["drain_ratio_to_steady"] > 0 and backlog["get_errors"] == {}

@@ -292,6 +292,20 @@ async def test_oversized_headers_are_a_fast_json_431_and_memory_stays_flat(
         services.stop()
 
 
+@pytest.mark.parametrize("size", [16_500, 18_000, 20_000])
+async def test_a_head_just_over_the_limit_in_one_write_is_a_431(
+    stack: Stack, port: int, size: int
+) -> None:
+    """Found by the hostile mix of the benchmark: a head between the limit and the limit plus
+    one fed piece (4 KiB), arriving in one write, was parsed whole and answered 400."""
+    body = json.dumps(booking_body()).encode()
+    answer = await raw_exchange(port, post(body, extra=f"X-Filler: {'h' * size}\r\n"))
+    status, headers, document = split_responses(answer)[0]
+    assert status == 431, document
+    assert headers["content-type"] == "application/json"
+    assert json.loads(document)["code"] == 431
+
+
 async def test_many_headers_under_the_size_limit_are_fine(stack: Stack, port: int) -> None:
     extra = "".join(f"X-Tag-{i}: {i}\r\n" for i in range(50))
     answer = await raw_exchange(port, post(json.dumps(booking_body()).encode(), extra=extra))

@@ -30,7 +30,7 @@ import logging
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Annotated, Any
 
 import aiohttp
@@ -72,8 +72,8 @@ def run_profile(
 # -- option values -------------------------------------------------------------------------
 
 
-def parse_sampling(text: str) -> float:
-    """``off``, ``10%`` or ``0.1`` -> the sampling ratio (0 to 1)."""
+def parse_fraction(text: str, option: str = "--sampling") -> float:
+    """``off``, ``10%`` or ``0.1`` -> a fraction (0 to 1)."""
     value = text.strip().lower()
     if value in ("off", "none"):
         return 0.0
@@ -81,11 +81,24 @@ def parse_sampling(text: str) -> float:
         ratio = float(value[:-1]) / 100 if value.endswith("%") else float(value)
     except ValueError:
         raise typer.BadParameter(
-            f"{text!r}: give a ratio (0.1), a percentage (10%) or off", param_hint="--sampling"
+            f"{text!r}: give a ratio (0.1), a percentage (10%) or off", param_hint=option
         ) from None
     if not 0 <= ratio <= 1:
-        raise typer.BadParameter(f"{text!r} is not between 0 and 1 (100%)", param_hint="--sampling")
+        raise typer.BadParameter(f"{text!r} is not between 0 and 1 (100%)", param_hint=option)
     return ratio
+
+
+def parse_sampling(text: str) -> float:
+    """The sampling ratio of ``--sampling`` (0 to 1)."""
+    return parse_fraction(text, "--sampling")
+
+
+def parse_hostile(text: str) -> float:
+    """The hostile share of ``--hostile``: below 1 (some requests must be good)."""
+    share = parse_fraction(text, "--hostile")
+    if share >= 1:
+        raise typer.BadParameter(f"{text!r}: some requests must be good", param_hint="--hostile")
+    return share
 
 
 @dataclass(frozen=True)
@@ -215,6 +228,42 @@ class Bench:
             cpu = per_booking_ms(used, report.created)
             report.cpu_ms_per_booking = cpu  # every process tree, servers included
         return report, cpu
+
+    def hostile(self, share: float, clean: LoadReport) -> None:
+        """The closed loop again with ``share`` of the requests hostile (cli/hostile.py): every
+        good booking must succeed, every hostile request get its 4xx, and the good ones'
+        latency is compared with the clean run's."""
+        self.say(
+            f"hostile mix: {self.profile.bookings} good bookings, {share:.0%} of all requests "
+            "hostile"
+        )
+        report = run_profile(
+            self.url,
+            replace(self.profile, hostile=share, seed=self.profile.seed + 500),
+            token=self.token,
+            database_url=self.database_url,
+        )
+        self._check(report)
+        assert report.hostile is not None
+        saga = ratio(report.saga_latency_ms.get("p99"), clean.saga_latency_ms.get("p99"))
+        create = ratio(report.create_latency_ms.get("p99"), clean.create_latency_ms.get("p99"))
+        self.result["hostile"] = summary(report) | {
+            "share": share,
+            "requests": report.hostile,
+            "saga_p99_ratio_to_clean": saga,
+            "create_p99_ratio_to_clean": create,
+        }
+        holes = sum(report.hostile["unexpected"].values())
+        good = f"{report.created}/{report.requested} good created"
+        if report.stuck:
+            good += f", {len(report.stuck)} stuck"
+        self.lines.append(
+            f"hostile {share:.0%}    {good}; saga p99 "
+            f"{_ms(report.saga_latency_ms.get('p99'))} ({_ratio(saga, 1.0)} of clean), create "
+            f"p99 {_ms(report.create_latency_ms.get('p99'))} ({_ratio(create, 1.0)}); "
+            f"{report.hostile['sent']} hostile requests, {holes} not refused as expected"
+            + (f": {report.hostile['unexpected']}" if holes else "")
+        )
 
     def open_loop(self, rates: Sequence[RateSpec], maximum: float | None) -> None:
         runs = []
@@ -580,6 +629,15 @@ def bench(
         ),
     ] = None,
     tracing: Annotated[bool, typer.Option(help="--local: the same as --sampling 100%.")] = False,
+    hostile: Annotated[
+        str | None,
+        typer.Option(
+            metavar="SHARE",
+            help="Also run the closed loop with this share of all requests hostile (10%: NUL "
+            "and control characters, invisible names, oversized header, URL and body...), and "
+            "compare the good bookings' p99 with the clean run's.",
+        ),
+    ] = None,
     redis_replicas: Annotated[
         int,
         typer.Option(
@@ -638,7 +696,8 @@ def bench(
     percentiles (end-to-end from the server's stored timestamps), peak RSS, and every booking
     that did not finish; then whatever else was asked (--rate, and with --local --ceiling,
     --sampling, --data, --backlog), each figure beside what it is compared with, measured in
-    the same run. Exits 1 if any booking is stuck or any request failed.
+    the same run; --hostile mixes in requests the API must refuse. Exits 1 if any booking is
+    stuck, any request failed or a hostile request was not refused as expected.
     """
     logging.basicConfig(level=logging.WARNING)
     rates = [RateSpec.parse(r) for r in rate or []]
@@ -646,13 +705,14 @@ def bench(
     if tracing and 1.0 not in levels:
         levels.append(1.0)
     levels = [level for level in levels if level > 0]
+    hostile_share = parse_hostile(hostile) if hostile else 0.0
     if not local and (ceiling or levels or data or backlog or redis_replicas):
         console.print(f"[red]{LOCAL_ONLY} (a running system is measured as it is configured)[/red]")
         raise typer.Exit(2)
     profile = LoadProfile(
         bookings=bookings, concurrency=concurrency, seed=seed, settle_timeout=settle_timeout
     )
-    runs = 1 + (len(levels) + 1) * rounds + len(rates) + (2 if data else 0)
+    runs = 1 + (len(levels) + 1) * rounds + len(rates) + (2 if data else 0) + (1 if hostile else 0)
     if local:
         from medbook.cli.benchsystem import LocalSystem
 
@@ -672,8 +732,9 @@ def bench(
                 },
             )
             report = _phases(
-                measured, rates, levels, ceiling, ceiling_window, data, backlog, get_rate, rounds
-            )
+                measured, rates, levels, ceiling, ceiling_window, data, backlog, get_rate, rounds,
+                hostile_share,
+            )  # fmt: skip
     else:  # a running system: the flag, the variable, the medbook dev running here
         url = common.api_url(url)
         database_url = common.states_database(database_url)
@@ -691,7 +752,9 @@ def bench(
             database_url=database_url,
             metrics_targets=targets,
         )
-        report = _phases(measured, rates, [], False, ceiling_window, None, None, get_rate, 1)
+        report = _phases(
+            measured, rates, [], False, ceiling_window, None, None, get_rate, 1, hostile_share
+        )
     _print(measured, report, json_output)
     raise typer.Exit(0 if measured.ok else 1)
 
@@ -706,6 +769,7 @@ def _phases(
     backlog: int | None,
     get_rate: float,
     rounds: int,
+    hostile: float = 0.0,
 ) -> LoadReport:
     """Everything asked for, in an order that keeps each comparison's runs together."""
     system = measured.system
@@ -727,6 +791,8 @@ def _phases(
             + " of the ceiling"
             + (f" ({cpu['total']:.2f} ms CPU per booking)" if cpu else "")
         )
+    if hostile:  # right after the clean run it is compared with
+        measured.hostile(hostile, report)
     if rates:
         measured.open_loop(rates, report.saga_rate)
     if levels:

@@ -52,6 +52,8 @@ from typing import Any
 
 import aiohttp
 
+from medbook.cli import hostile
+
 log = logging.getLogger(__name__)
 
 TERMINAL = frozenset({"CONFIRMED", "REJECTED", "CANCELLED"})
@@ -81,6 +83,8 @@ class LoadProfile:
     rate: float | None = None
     # Open loop: bookings offered per second whatever the answers (users are then no limit).
     offered_rate: float | None = None
+    # This fraction of all requests sent are hostile ones (cli/hostile.py), among the good.
+    hostile: float = 0.0
 
     def __post_init__(self) -> None:
         rpu = self.requests_per_user
@@ -94,6 +98,12 @@ class LoadProfile:
             raise ValueError(f"the offered rate must be positive, not {self.offered_rate}")
         if self.offered_rate is not None and (self.requests_per_user or self.rate):
             raise ValueError("an open-loop run has neither users' turns nor a pace")
+        if not 0 <= self.hostile < 1:
+            raise ValueError(
+                f"the hostile fraction must be at least 0 and below 1, not {self.hostile}"
+            )
+        if self.hostile and self.offered_rate is not None:
+            raise ValueError("hostile requests go with the closed loop, not an offered rate")
 
     def user_of(self, index: int) -> int:
         """The user who sends request ``index``."""
@@ -240,6 +250,8 @@ class LoadReport:
     send_lag_ms: dict[str, float | None] | None = None
     get_latency_ms: dict[str, float | None] | None = None  # with a GET probe
     get_errors: dict[str, int] | None = None
+    # With hostile requests among the good: what each attack got (cli/hostile.py).
+    hostile: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -251,7 +263,13 @@ class LoadReport:
 
     @property
     def ok(self) -> bool:
-        return not self.stuck and not self.http_errors and self.created == self.requested
+        holes = bool(self.hostile and self.hostile["unexpected"])
+        return (
+            not self.stuck
+            and not self.http_errors
+            and self.created == self.requested
+            and (not holes)
+        )
 
 
 class MetricsSampler:
@@ -409,6 +427,7 @@ class LoadRun:
         self.on_retry: Callable[[str], None] = lambda kind: None
         self._run_id = uuid.uuid4().hex[:12]  # Idempotency-Keys are unique to this run
         self._retried: Counter[str] = Counter()
+        self.hostile = hostile.HostileTally() if profile.hostile else None
 
     async def run(self) -> LoadReport:
         bodies = booking_bodies(self.profile)
@@ -460,6 +479,8 @@ class LoadRun:
         )
         wall = time.monotonic() - wall_before
         report = self._report(outcomes, latencies, errors, create_seconds, 100.0 * cpu / wall)
+        if self.hostile is not None:
+            report.hostile = self.hostile.to_dict()
         if probed is not None:
             report.get_latency_ms = probed.latency_ms
             report.get_errors = dict(probed.errors)
@@ -525,6 +546,7 @@ class LoadRun:
             self.on_failed(sum(errors.values()))
 
         next_slot = time.monotonic()
+        attacks = hostile.catalogue(dt.datetime.now(dt.UTC).date())
 
         async def paced() -> None:
             """Wait for this request's turn when a rate is set (one slot per 1/rate s)."""
@@ -547,6 +569,11 @@ class LoadRun:
                 except asyncio.QueueEmpty:
                     return
                 await paced()
+                if self.hostile is not None and hostile.hostile_before(
+                    request, self.profile.hostile
+                ):
+                    attack = attacks[self.hostile.sent % len(attacks)]
+                    await hostile.send(session, self.api_url, attack, self.hostile)
                 started = time.perf_counter()
                 outcome, error = await self._create(session, request, kind, body)
                 if outcome is None:
