@@ -51,6 +51,7 @@ from medbook.acks import AckCoalescer
 from medbook.backoff import Backoff
 from medbook.broker_connection import broker_urls, connect_robust_any, is_nack
 from medbook.clock import utcnow
+from medbook.config import RabbitSettings
 from medbook.contracts import (
     ATTEMPT_HEADER,
     CONTRACT_VERSION,
@@ -337,6 +338,30 @@ class Consumer:
         self.acks = AckCoalescer()
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @classmethod
+    def configured(
+        cls,
+        connection: AbstractRobustConnection,
+        queue_name: str,
+        handler: Handler,
+        *,
+        publisher: Publisher,
+        rabbit: RabbitSettings,
+    ) -> Consumer:
+        """A consumer with the process's settings: prefetch, tries, outage budget, message
+        timeout and signature check, as both services run theirs."""
+        return cls(
+            connection,
+            queue_name,
+            handler,
+            publisher=publisher,
+            prefetch=rabbit.prefetch,
+            max_tries=rabbit.max_tries,
+            outage_budget=rabbit.outage_budget,
+            message_timeout=rabbit.message_timeout,
+            signer=rabbit.signer(),
+        )
 
     @property
     def in_flight(self) -> int:

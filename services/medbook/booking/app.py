@@ -118,16 +118,12 @@ class BookingService:
                 await publisher.start()
                 self.publisher = publisher
                 self.relay.wake()
-                self.consumer = Consumer(
+                self.consumer = Consumer.configured(
                     self.connection,
                     contracts.BOOKING_QUEUE,
                     ResultHandler(self.results.submit, self.relay.wake, self.admission.finished),
                     publisher=publisher,
-                    prefetch=rabbit.prefetch,
-                    max_tries=rabbit.max_tries,
-                    outage_budget=rabbit.outage_budget,
-                    message_timeout=rabbit.message_timeout,
-                    signer=rabbit.signer(),
+                    rabbit=rabbit,
                 )
                 await self.consumer.start()
                 return

@@ -94,16 +94,12 @@ class DiscountWorker:
         rabbit = self.settings.rabbit
         self.publisher = Publisher(self.connection, signer=rabbit.signer())
         await self.publisher.start()
-        self.consumer = Consumer(
+        self.consumer = Consumer.configured(
             self.connection,
             contracts.DISCOUNT_QUEUE,
             self.handle,
             publisher=self.publisher,
-            prefetch=rabbit.prefetch,
-            max_tries=rabbit.max_tries,
-            outage_budget=rabbit.outage_budget,
-            message_timeout=rabbit.message_timeout,
-            signer=rabbit.signer(),
+            rabbit=rabbit,
         )
         await self.consumer.start()
         self.tasks.start(every(5.0, self.refresh_gauges, name="quota gauges"), name="quota-gauges")
