@@ -32,7 +32,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanContext
 
 from medbook.failures import DependencyError
-from medbook.telemetry import recording
+from medbook.telemetry import sampled
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("medbook")
@@ -61,7 +61,7 @@ class GroupCommit(Generic[In, Out]):
         self._flushers: set[asyncio.Task[None]] = set()  # referenced until done
 
     async def submit(self, item: In) -> Out:
-        if not recording():
+        if not sampled():  # (tracing off, or a trace the sampler dropped: no span to link)
             return await self._submit(item, None)
         with tracer.start_as_current_span(f"{self.name} (group commit)") as span:
             return await self._submit(item, span)

@@ -202,6 +202,23 @@ def recording() -> bool:
     return _recording
 
 
+def sampled(context: Context | None = None) -> bool:
+    """Is the current (or given) context's span one that is kept, so that its children are
+    worth creating? False with tracing off, with no span, and in a trace the sampler dropped:
+    at 10 % sampling that is nine bookings in ten, and their steps then cost no span."""
+    if not _recording:
+        return False
+    flags = trace.get_current_span(context).get_span_context().trace_flags
+    return flags.sampled
+
+
+def _dropped(context: Context | None) -> bool:
+    """A valid parent whose trace the sampler dropped: its children would be dropped too
+    (the sampler is parent-based), so they are not created (their context is the parent's)."""
+    parent = trace.get_current_span(context).get_span_context()
+    return parent.is_valid and not parent.trace_flags.sampled
+
+
 Library = Literal["asyncpg", "redis", "aio_pika"]
 
 
@@ -350,6 +367,9 @@ def process_span(
         with span(tracer, name, context=consumer_parent(message.headers)) as current:
             yield current
         return
+    if _dropped(None):  # the consume span of a trace not sampled is current: it will do
+        yield trace.get_current_span()
+        return
     details = process_attributes(message, queue) | dict(attributes or {})
     with span(
         tracer,
@@ -378,10 +398,10 @@ def span(
     """A span when spans are recorded; otherwise only the parent's context, made current.
 
     Either way the trace id flows on (into logs and into the headers of the
-    messages published inside), but with tracing off no span is created for
-    each step of each booking.
+    messages published inside), but with tracing off, or in a trace the
+    sampler dropped, no span is created for each step of each booking.
     """
-    if _recording:
+    if _recording and not _dropped(context):
         with tracer.start_as_current_span(
             name, context=context, kind=kind, attributes=attributes, links=list(links) or None
         ) as s:

@@ -64,6 +64,7 @@ async def test_one_trace_crosses_both_services_through_the_outbox(stack: Stack, 
         "medbook.saga,discount_processed send": "discount.process",
         "booking.apply_result": "medbook.saga receive",
         "results (group commit)": "booking.apply_result",
+        "quota decisions (group commit)": "discount.process",
     }
     for name, parent in expected_parents.items():
         assert name in names, names
@@ -74,25 +75,28 @@ async def test_one_trace_crosses_both_services_through_the_outbox(stack: Stack, 
         "medbook.saga,booking_created send",
         "medbook.saga,discount_processed send",
     }
-    redis_calls = [s for s in trace if s.attributes.get("db.system") == "redis"]
-    assert redis_calls and all(parent_name(s, trace) == "discount.process" for s in redis_calls)
     roots = [s for s in trace if s.parent is None]
     assert [r.name for r in roots] == ["POST /booking"]
-    # The batched INSERT is a trace of its own, linked to this booking's span.
-    group = next(s for s in trace if s.name == "create (group commit)")
-    flush = [
-        s
-        for s in spans.get_finished_spans()
-        if s.name == "create flush"
-        and any(link.context.span_id == group.context.span_id for link in s.links)
-    ]
-    assert len(flush) == 1
-    assert any(
-        s.attributes.get("db.system") == "postgresql"
-        and s.parent is not None
-        and s.parent.span_id == flush[0].context.span_id
-        for s in spans.get_finished_spans()
-    )
+    # The batched INSERT and the worker's pipelined decisions are each a trace of their own,
+    # linked to this booking's span: the statement's and the Redis script's spans are there.
+    for batch, flush_name, system in (
+        ("create (group commit)", "create flush", "postgresql"),
+        ("quota decisions (group commit)", "quota decisions flush", "redis"),
+    ):
+        group = next(s for s in trace if s.name == batch)
+        flush = [
+            s
+            for s in spans.get_finished_spans()
+            if s.name == flush_name
+            and any(link.context.span_id == group.context.span_id for link in s.links)
+        ]
+        assert len(flush) == 1, batch
+        assert any(
+            s.attributes.get("db.system") == system
+            and s.parent is not None
+            and s.parent.span_id == flush[0].context.span_id
+            for s in spans.get_finished_spans()
+        ), batch
 
 
 async def test_a_retried_message_stays_in_the_booking_trace(
@@ -301,3 +305,48 @@ def test_a_ratio_sampler_keeps_that_share_of_new_traces_and_follows_the_caller()
     assert all(child_of(False) is Decision.DROP for _ in range(200))
     assert sampling_from_environment({}) is None
     assert sampling_from_environment({"OTEL_TRACES_SAMPLER": "traceidratio"}).ratio == 1.0
+
+
+@pytest.mark.parametrize("kept", [False, True], ids=["dropped", "sampled"])
+async def test_a_trace_the_sampler_dropped_costs_no_span_of_ours_and_keeps_its_id(
+    spans, monkeypatch: pytest.MonkeyPatch, kept: bool
+) -> None:
+    """At 10 % sampling, nine bookings in ten are in a dropped trace: their steps and group
+    commit waits make no span (not even a non-recording one), and the trace id and parent
+    still go into the headers of what they publish; a sampled trace gets every span."""
+    from medbook import group_commit, telemetry
+
+    parent = SpanContext(
+        trace_id=random.getrandbits(128),
+        span_id=random.getrandbits(64),
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED if kept else TraceFlags.DEFAULT),
+    )
+    started: list[str] = []
+    real = group_commit.tracer.start_as_current_span
+
+    def counting(name: str, *args, **kwargs):
+        started.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(group_commit.tracer, "start_as_current_span", counting)
+
+    async def flush(items):
+        return [item * 2 for item in items]
+
+    commit = group_commit.GroupCommit(flush, name="probe")
+    with telemetry.use_context(set_span_in_context(NonRecordingSpan(parent))):
+        with telemetry.span(group_commit.tracer, "probe.step") as step:
+            assert (step.get_span_context() == parent) is not kept  # no child when dropped
+            assert await commit.submit(21) == 42
+            headers = telemetry.inject_headers()
+    _, trace_id, _, _ = headers["traceparent"].split("-")
+    assert int(trace_id, 16) == parent.trace_id
+    if kept:
+        assert "probe (group commit)" in started and headers["traceparent"].endswith("-01")
+        assert {"probe.step", "probe (group commit)"} <= {
+            s.name for s in spans.get_finished_spans()
+        }
+    else:
+        assert "probe (group commit)" not in started and "probe flush" not in started
+        assert headers["traceparent"] == f"00-{parent.trace_id:032x}-{parent.span_id:016x}-00"
