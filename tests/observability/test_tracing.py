@@ -335,11 +335,11 @@ async def test_a_trace_the_sampler_dropped_costs_no_span_of_ours_and_keeps_its_i
         return [item * 2 for item in items]
 
     commit = group_commit.GroupCommit(flush, name="probe")
-    with telemetry.use_context(set_span_in_context(NonRecordingSpan(parent))):
-        with telemetry.span(group_commit.tracer, "probe.step") as step:
-            assert (step.get_span_context() == parent) is not kept  # no child when dropped
-            assert await commit.submit(21) == 42
-            headers = telemetry.inject_headers()
+    context = set_span_in_context(NonRecordingSpan(parent))
+    with telemetry.use_context(context), telemetry.span(group_commit.tracer, "probe.step") as step:
+        assert (step.get_span_context() == parent) is not kept  # no child when dropped
+        assert await commit.submit(21) == 42
+        headers = telemetry.inject_headers()
     _, trace_id, _, _ = headers["traceparent"].split("-")
     assert int(trace_id, 16) == parent.trace_id
     if kept:
