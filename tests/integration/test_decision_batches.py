@@ -17,6 +17,7 @@ from medbook.discount import decision
 from medbook.discount.idempotency import IdempotencyStore
 from medbook.discount.keys import counter_key
 from medbook.discount.policy import QuotaPolicy
+from medbook.discount.quota import QuotaStore, Released
 from medbook.discount.replica_ack import ReplicaAck
 from medbook.failures import Dependency, DependencyUnavailable
 from medbook.redis_connection import redis_client
@@ -113,3 +114,23 @@ async def test_an_outage_fails_the_batch_once_not_item_by_item(
     finally:
         redis_server.start()
     assert all(isinstance(o, DependencyUnavailable) for o in outcomes), outcomes
+
+
+async def test_a_release_goes_through_the_same_replica_rule(redis: Redis) -> None:
+    """A release (``ReplicaAck.run``: one call of the batch path) gives the unit back once;
+    with a replica required and none connected it does not count, and after a flushed script
+    cache it is loaded again."""
+    store = IdempotencyStore(redis, ttl_seconds=3600)
+    (plan,) = _plans(1, limit=5)
+    completion = await store.complete(plan.result.booking_id, plan, NOW.isoformat())
+    assert completion.granted
+    result_id = plan.result.result_id
+    strict = QuotaStore(redis, ReplicaAck(1, timeout_ms=50))
+    await redis.script_load(strict._release.script)
+    with pytest.raises(DependencyUnavailable):  # written, but it does not count: retried
+        await strict.release(plan.result.booking_id, result_id)
+    assert int(await redis.get(counter_key(NOW.date()))) == 0
+    await redis.script_flush()  # the retry meets a Redis that lost its scripts
+    again = await QuotaStore(redis).release(plan.result.booking_id, result_id, NOW.date())
+    assert again.verdict is Released.NOTHING_HELD  # given back once, not twice
+    assert int(await redis.get(counter_key(NOW.date()))) == 0

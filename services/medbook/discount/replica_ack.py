@@ -90,22 +90,10 @@ class ReplicaAck:
         (one round trip), raising :class:`ReplicaNotConfirmed` when too few replicas have it."""
         if not self.enabled:
             return await script(keys=keys, args=args)
-        for _ in range(2):  # a second round only after loading the script
-            async with redis.pipeline(transaction=False) as pipe:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-                pipe.set(BARRIER_KEY, "1", ex=_BARRIER_TTL)
-                pipe.wait(self.replicas, self.timeout_ms)
-                result, barrier, acknowledged = await pipe.execute(raise_on_error=False)
-            if isinstance(result, redis_exceptions.NoScriptError):
-                # A new master (after a failover, or a restart) has an empty script cache.
-                await redis.script_load(script.script)
-                continue
-            for outcome in (result, barrier, acknowledged):
-                if isinstance(outcome, BaseException):
-                    raise outcome
-            self._check(acknowledged)
-            return result
-        raise redis_exceptions.NoScriptError("the script was loaded but Redis does not find it")
+        (outcome,) = await self.run_many(redis, script, [(keys, args)])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     async def run_many(
         self,
