@@ -219,6 +219,80 @@ def _dropped(context: Context | None) -> bool:
     return parent.is_valid and not parent.trace_flags.sampled
 
 
+class SampledOnlyTracer(trace.Tracer):
+    """The SDK's tracer, but a span whose parent is in a dropped trace is that parent.
+
+    Under a parent-based sampler such a child would be dropped too; the SDK still asks the
+    sampler, draws a span id and makes a new non-recording span for it, for every
+    statement, command and publish the library instrumentations wrap (about 5 us each, a
+    dozen times per booking). Here the parent itself serves: the trace id, the parent span
+    id and the not-sampled flag go on unchanged into logs and message headers. A root
+    (no valid parent) and a child of a kept trace go to the SDK as before.
+    """
+
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self._tracer = tracer
+
+    def start_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+        attributes: Any = None,
+        links: Any = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> trace.Span:
+        parent = trace.get_current_span(context)
+        span_context = parent.get_span_context()
+        if span_context.is_valid and not span_context.trace_flags.sampled:
+            return parent
+        return self._tracer.start_span(
+            name, context, kind, attributes, links, start_time,
+            record_exception, set_status_on_exception,
+        )  # fmt: skip
+
+    @contextlib.contextmanager
+    def start_as_current_span(  # type: ignore[override]  # the API's is an _AgnosticContextManager
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+        attributes: Any = None,
+        links: Any = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> Iterator[trace.Span]:
+        parent = trace.get_current_span(context)
+        span_context = parent.get_span_context()
+        if not (span_context.is_valid and not span_context.trace_flags.sampled):
+            with self._tracer.start_as_current_span(
+                name, context, kind, attributes, links, start_time,
+                record_exception, set_status_on_exception, end_on_exit,
+            ) as span:  # fmt: skip
+                yield span
+        elif context is None:  # the parent is current already
+            yield parent
+        else:
+            token = otel_context.attach(context)
+            try:
+                yield parent
+            finally:
+                otel_context.detach(token)
+
+
+class SampledOnlyTracerProvider(TracerProvider):
+    """The SDK's provider whose tracers are :class:`SampledOnlyTracer`: in a trace the
+    sampler dropped (nine in ten at 10 %), neither our code nor the instrumented libraries
+    create a span per step."""
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+        return SampledOnlyTracer(super().get_tracer(*args, **kwargs))
+
+
 Library = Literal["asyncpg", "redis", "aio_pika"]
 
 
@@ -271,7 +345,7 @@ def setup_tracing(service: str, libraries: Iterable[Library] = ()) -> TracerProv
     else:
         # Nobody would receive the spans: keep real ids and propagation, skip the recording.
         sampler, _recording = ALWAYS_OFF, False
-    provider = TracerProvider(resource=resource, sampler=sampler)
+    provider = SampledOnlyTracerProvider(resource=resource, sampler=sampler)
     provider.add_span_processor(MessagingConventions())
     if _recording:
         instrument_libraries(libraries)

@@ -350,3 +350,60 @@ async def test_a_trace_the_sampler_dropped_costs_no_span_of_ours_and_keeps_its_i
     else:
         assert "probe (group commit)" not in started and "probe flush" not in started
         assert headers["traceparent"] == f"00-{parent.trace_id:032x}-{parent.span_id:016x}-00"
+
+
+async def test_a_booking_in_a_dropped_trace_starts_no_span_anywhere(
+    stack: Stack, spans, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A booking whose caller's trace the sampler dropped (nine in ten at 10 %) crosses HTTP,
+    PostgreSQL, the outbox, RabbitMQ both ways and Redis without the sampler being asked once
+    for it: not by the server span, not by a library instrumentation, not by our steps. Its
+    trace id still comes back from the API and is followed by both services."""
+    from opentelemetry import trace
+
+    sampler = trace.get_tracer_provider().sampler
+    trace_id = random.getrandbits(128)
+    asked: list[str] = []
+    real = sampler.should_sample
+
+    def counting(parent_context, tid, name, *args, **kwargs):
+        if tid == trace_id:
+            asked.append(name)
+        return real(parent_context, tid, name, *args, **kwargs)
+
+    monkeypatch.setattr(sampler, "should_sample", counting)
+    dropped = {"traceparent": f"00-{trace_id:032x}-{random.getrandbits(64):016x}-00"}
+    response = await stack.book(eligible_body(), headers=dropped)
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert created["traceId"] == f"{trace_id:032x}"
+    booking = await stack.wait_terminal(created["bookingId"])
+    assert booking["status"] == "CONFIRMED"
+    assert (await stack.api.get(f"/booking/{created['bookingId']}", headers=dropped)).is_success
+    assert asked == []
+    assert trace_of(spans, created["traceId"]) == []
+
+
+async def test_the_server_span_has_the_http_conventions_and_no_query(stack: Stack, spans) -> None:
+    created = (await stack.book(eligible_body())).json()
+    await stack.wait_terminal(created["bookingId"])
+    found = await stack.api.get(f"/booking/{created['bookingId']}?name=Priya+Secret")
+    missing = await stack.api.get("/no/such/route")
+    probe = await stack.api.get("/healthz")
+    assert (found.status_code, missing.status_code, probe.status_code) == (200, 404, 200)
+    servers = [s for s in spans.get_finished_spans() if s.kind is SpanKind.SERVER]
+    by_trace = {f"{s.context.trace_id:032x}": s for s in servers}
+    post = by_trace[created["traceId"]]
+    assert post.name == "POST /booking" and post.parent is None
+    assert post.attributes["http.route"] == "/booking"
+    assert post.attributes["http.response.status_code"] == 201
+    get = next(s for s in servers if s.name == "GET /booking/{id}")
+    assert get.attributes["url.path"] == f"/booking/{created['bookingId']}"
+    assert get.attributes["http.request.method"] == "GET"
+    assert get.attributes["http.response.status_code"] == 200
+    assert "Secret" not in json.dumps(dict(get.attributes))
+    unmatched = next(s for s in servers if s.attributes.get("url.path") == "/no/such/route")
+    assert unmatched.name == "GET" and "http.route" not in unmatched.attributes
+    assert unmatched.attributes["http.response.status_code"] == 404
+    assert unmatched.status.status_code.name == "UNSET"  # a client error is not the server's
+    assert not any(s.attributes.get("url.path") == "/healthz" for s in servers)

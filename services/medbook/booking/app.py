@@ -14,14 +14,11 @@ import functools
 import logging
 import zoneinfo
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
 
 from aio_pika.abc import AbstractRobustConnection
-from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.routing import Match
 
 from medbook import contracts
 from medbook.background import Background, every
@@ -30,6 +27,7 @@ from medbook.booking import errors
 from medbook.booking.admission import AdmissionControl
 from medbook.booking.api import ROUTES
 from medbook.booking.database import create_database
+from medbook.booking.http_spans import ServerSpans
 from medbook.booking.middleware import BearerAuth, HttpMetrics, UnexpectedErrors
 from medbook.booking.monitor import SagaMonitor
 from medbook.booking.outbox import OutboxRelay
@@ -170,16 +168,6 @@ class BookingService:
         return result
 
 
-def span_details(scope: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Server span name by route template (``GET /booking/{id}``), never by raw path."""
-    method = scope.get("method", "")
-    for route in ROUTES:
-        match, _ = route.matches(scope)
-        if match is Match.FULL:
-            return f"{method} {route.path}", {"http.route": route.path}
-    return method, {}
-
-
 def create_app(settings: BookingSettings, service: BookingService | None = None) -> Starlette:
     service = service or BookingService(settings)
 
@@ -193,15 +181,7 @@ def create_app(settings: BookingSettings, service: BookingService | None = None)
 
     middleware = [Middleware(HttpMetrics)]
     if recording():  # a server span per request only when spans are recorded
-        middleware.insert(
-            0,
-            Middleware(
-                OpenTelemetryMiddleware,
-                excluded_urls="healthz,readyz,metrics",
-                exclude_spans=["receive", "send"],
-                default_span_details=span_details,
-            ),
-        )
+        middleware.insert(0, Middleware(ServerSpans))
     if settings.api_token is not None:
         middleware.append(Middleware(BearerAuth, token=settings.api_token.get_secret_value()))
     middleware.insert(0, Middleware(UnexpectedErrors))  # outermost: nothing escapes to uvicorn
