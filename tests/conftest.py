@@ -39,7 +39,7 @@ def _clean_environment() -> Iterator[None]:
     # In this process spans are recorded (and the libraries instrumented) into memory;
     # the services the tests run as subprocesses run with tracing off.
     os.environ["OTEL_TRACES_SAMPLER"] = "always_on"
-    provider = setup_tracing("medbook-tests", ("asyncpg", "redis", "aio_pika"))
+    provider = setup_tracing("medbook-tests", ("asyncpg", "redis"))
     provider.add_span_processor(SimpleSpanProcessor(SPANS))
     yield
     del os.environ["OTEL_TRACES_SAMPLER"]

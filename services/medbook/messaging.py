@@ -45,6 +45,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     DeliveryMode,
 )
+from opentelemetry import trace
 
 from medbook import metrics
 from medbook.acks import AckCoalescer
@@ -69,8 +70,10 @@ from medbook.contracts import (
 )
 from medbook.failures import Dependency, DependencyUnavailable, translated_errors
 from medbook.signing import NO_SIGNING, MessageSigner, SignatureRefused
+from medbook.telemetry import message_context, publish_span, use_context
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 # Deliveries (crashed consumers included) after which the broker itself
 # dead-letters a message. Part of the queue's arguments, so a constant: changing
@@ -266,9 +269,10 @@ class Publisher:
                 **self.signer.headers(event.value, CONTRACT_VERSION, body),
             },
         )
-        await self._confirmed(
-            self.exchange.publish(message, routing_key=event.value, timeout=self.timeout)
-        )
+        with publish_span(tracer, self.exchange.name, event.value, message, self._server()):
+            await self._confirmed(
+                self.exchange.publish(message, routing_key=event.value, timeout=self.timeout)
+            )
 
     async def publish_raw(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
         """Publish a ready-made message (dead letters, retries, replays) with a confirm."""
@@ -281,9 +285,17 @@ class Publisher:
                 else await self.channel.get_exchange(exchange, ensure=False)
             )
             assert target is not None
-        await self._confirmed(
-            target.publish(message, routing_key=routing_key, timeout=self.timeout)
-        )
+        with publish_span(tracer, exchange, routing_key, message, self._server()):
+            await self._confirmed(
+                target.publish(message, routing_key=routing_key, timeout=self.timeout)
+            )
+
+    def _server(self) -> tuple[str, int] | None:
+        """The broker node published to (``server.*`` of the publish spans)."""
+        url = getattr(self.connection, "url", None)
+        if url is None or url.host is None:
+            return None
+        return url.host, url.port or 5672
 
 
 def copy_message(message: AbstractIncomingMessage, headers: Mapping[str, Any]) -> aio_pika.Message:
@@ -404,7 +416,8 @@ class Consumer:
         self._idle.clear()
         self.acks.received(message)
         try:
-            await self._process(message)
+            with use_context(message_context(message)):  # its trace, in logs and retries
+                await self._process(message)
         finally:
             self._in_flight.discard(task)
             if not self._in_flight:

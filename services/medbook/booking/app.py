@@ -47,7 +47,7 @@ class BookingService:
     def __init__(self, settings: BookingSettings) -> None:
         # The OpenTelemetry SDK makes the trace ids the API returns; a no-op provider
         # would give invalid (all-zero) ones, so it is installed here if the process has not.
-        setup_tracing("medbook-booking", ("asyncpg", "aio_pika"))
+        setup_tracing("medbook-booking", ("asyncpg",))
         self.settings = settings
         self.zone = zoneinfo.ZoneInfo(settings.time_zone)  # where "today" is judged
         db = settings.database

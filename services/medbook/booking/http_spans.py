@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from medbook.telemetry import extract_context
 
-tracer = trace.get_tracer(__name__)
+tracer = trace.get_tracer("medbook.booking")
 
 _PROPAGATED = (b"traceparent", b"tracestate", b"baggage")
 

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = BookingSettings()
     setup_logging(settings.telemetry, "medbook-booking")
-    setup_tracing("medbook-booking", ("asyncpg", "aio_pika"))
+    setup_tracing("medbook-booking", ("asyncpg",))
     if args.migrate:
         from medbook.booking.migrations import upgrade
 

@@ -402,6 +402,11 @@ class Bench:
                         ]
                     ),
                     "spans_per_booking": _median([m["spans_per_booking"] for m in measured]),
+                    "cpu_ms_per_booking_by_process": {
+                        name: _median([m["cpu"].get(name, 0.0) for m in measured])
+                        for name in measured[0]["cpu"]
+                        if name != "total"
+                    },
                     "rounds": rounds,
                 }
                 | summary(measured[-1]["report"])

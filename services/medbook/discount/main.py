@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.parse_args(argv)
     settings = DiscountSettings()
     setup_logging(settings.telemetry, "medbook-discount")
-    setup_tracing("medbook-discount", ("redis", "aio_pika"))
+    setup_tracing("medbook-discount", ("redis",))
     return run(lambda: serve(settings))
 
 
