@@ -182,6 +182,7 @@ def test_a_local_run_measures_every_comparison_in_one_run(tmp_path: Path) -> Non
     assert (off["sampling"], sampled["sampling"]) == (0.0, 0.1)
     assert sampled["ratio_to_untraced"] > 0 and sampled["stuck"] == 0
     assert 0 < sampled["spans_per_booking"] < 8  # a tenth of ~15 spans a booking, give or take
+    assert {"booking", "discount", "postgres"} <= set(sampled["cpu_ms_per_booking_by_process"])
     assert report["open_loop"][0]["fraction_of_max"] == pytest.approx(0.5)
     data = report["data"]
     assert data["rows"] == 3000 and data["loaded"]["stuck"] == 0

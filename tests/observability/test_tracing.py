@@ -53,16 +53,13 @@ async def finished_trace(
 async def test_one_trace_crosses_both_services_through_the_outbox(stack: Stack, spans) -> None:
     created = (await stack.book(eligible_body())).json()
     await stack.wait_terminal(created["bookingId"])
-    trace = await finished_trace(spans, created["traceId"], "results (group commit)")
+    trace = await finished_trace(spans, created["traceId"], "booking.apply_result")
     names = [s.name for s in trace]
     expected_parents = {
         "POST /booking": None,
         "booking.create": "POST /booking",
-        "create (group commit)": "booking.create",
         "discount.process": "publish medbook.saga",
         "booking.apply_result": "publish medbook.saga",
-        "results (group commit)": "booking.apply_result",
-        "quota decisions (group commit)": "discount.process",
     }
     for name, parent in expected_parents.items():
         assert name in names, names
@@ -78,11 +75,14 @@ async def test_one_trace_crosses_both_services_through_the_outbox(stack: Stack, 
     assert parent_name(publishes["discount_processed"], trace) == "discount.process"
     roots = [s for s in trace if s.parent is None]
     assert [r.name for r in roots] == ["POST /booking"]
-    # The batched INSERT and the worker's pipelined decisions are each a trace of their own,
-    # linked to this booking's span: the statement's and the Redis script's spans are there.
+    # The batched INSERT, the worker's pipelined decisions and the batched result UPDATE are
+    # each a trace of their own, linked to this booking's step that joined the batch (the wait
+    # is no span of its own): the statement's and the Redis script's spans are there.
+    assert not [s for s in trace if "group commit" in s.name]
     for batch, flush_name, system in (
-        ("create (group commit)", "create flush", "postgresql"),
-        ("quota decisions (group commit)", "quota decisions flush", "redis"),
+        ("booking.create", "create flush", "postgresql"),
+        ("discount.process", "quota decisions flush", "redis"),
+        ("booking.apply_result", "results flush", "postgresql"),
     ):
         group = next(s for s in trace if s.name == batch)
         flush = [
@@ -116,7 +116,7 @@ async def test_a_retried_message_stays_in_the_booking_trace(
     created = (await stack.book(eligible_body())).json()
     booking = await stack.wait_terminal(created["bookingId"])
     assert booking["status"] == "CONFIRMED"
-    trace = await finished_trace(spans, created["traceId"], "results (group commit)")
+    trace = await finished_trace(spans, created["traceId"], "booking.apply_result")
     processing = [s for s in trace if s.name == "discount.process"]
     assert len(processing) == 2  # the failed try and the retry, in the same trace
     assert sorted(s.status.status_code.name for s in processing) == ["ERROR", "UNSET"]
@@ -128,7 +128,7 @@ async def test_spans_carry_no_personal_data(stack: Stack, spans) -> None:
     ).json()
     await stack.wait_terminal(created["bookingId"])
     await stack.api.get(f"/booking/{created['bookingId']}")
-    await finished_trace(spans, created["traceId"], "results (group commit)")
+    await finished_trace(spans, created["traceId"], "booking.apply_result")
     for span in spans.get_finished_spans():
         dumped = json.dumps(
             {
@@ -179,7 +179,7 @@ def scope(span: ReadableSpan) -> str:
 async def test_messaging_spans_follow_the_rabbitmq_conventions(stack: Stack, spans) -> None:
     created = (await stack.book(eligible_body())).json()
     await stack.wait_terminal(created["bookingId"])
-    saga = await finished_trace(spans, created["traceId"], "results (group commit)")
+    saga = await finished_trace(spans, created["traceId"], "booking.apply_result")
     # The cancel is a request (a trace) of its own; its quota_released goes the same way.
     assert (await stack.api.post(f"/booking/{created['bookingId']}/cancel")).status_code == 200
     [release] = await eventually(
@@ -317,8 +317,9 @@ async def test_a_trace_the_sampler_dropped_costs_no_span_of_ours_and_keeps_its_i
     spans, monkeypatch: pytest.MonkeyPatch, kept: bool
 ) -> None:
     """At 10 % sampling, nine bookings in ten are in a dropped trace: their steps and group
-    commit waits make no span (not even a non-recording one), and the trace id and parent
-    still go into the headers of what they publish; a sampled trace gets every span."""
+    commits make no span (not even a non-recording one), and the trace id and parent still
+    go into the headers of what they publish; a sampled trace gets its step, and the batch's
+    flush span links to it."""
     from medbook import group_commit, telemetry
 
     parent = SpanContext(
@@ -348,12 +349,12 @@ async def test_a_trace_the_sampler_dropped_costs_no_span_of_ours_and_keeps_its_i
     _, trace_id, _, _ = headers["traceparent"].split("-")
     assert int(trace_id, 16) == parent.trace_id
     if kept:
-        assert "probe (group commit)" in started and headers["traceparent"].endswith("-01")
-        assert {"probe.step", "probe (group commit)"} <= {
-            s.name for s in spans.get_finished_spans()
-        }
+        assert "probe flush" in started and headers["traceparent"].endswith("-01")
+        finished = {s.name: s for s in spans.get_finished_spans()}
+        [link] = finished["probe flush"].links
+        assert link.context == finished["probe.step"].context
     else:
-        assert "probe (group commit)" not in started and "probe flush" not in started
+        assert started == []
         assert headers["traceparent"] == f"00-{parent.trace_id:032x}-{parent.span_id:016x}-00"
 
 

@@ -341,35 +341,30 @@ class Bench:
             f"in flight; {cpu.get('total', 0):.2f} ms CPU per booking)"
         )
 
-    def tracing(
-        self,
-        levels: Sequence[float],
-        untraced: LoadReport,
-        untraced_cpu: dict[str, float],
-        rounds: int,
-    ) -> None:
+    def tracing(self, levels: Sequence[float], rounds: int) -> None:
         """The closed-loop run again at each sampling ratio (services restarted for each), in
-        ``rounds`` interleaved rounds (off, 10 %, 100 %, off, ...): each round's ratios are
-        taken between runs minutes apart, and the median over the rounds is reported."""
+        ``rounds`` interleaved rounds, every other one in reverse (off, 10 %, 100 %, then 100
+        %, 10 %, off, ...), so that a drift of the machine or of the database (each run
+        leaves its bookings behind) does not favour one level: each round's ratios are
+        taken between runs minutes apart, and the median over the rounds is reported.
+        Tracing off is measured again in each round, in the same conditions as the levels
+        (the first closed-loop run met an empty table)."""
         assert self.system is not None
         order = [0.0, *levels]
         runs: dict[float, list[dict[str, Any]]] = {level: [] for level in order}
         for round_ in range(rounds):
-            for level in order:
-                if round_ == 0 and level == 0.0:  # the untraced run just measured
-                    report, cpu, spans = untraced, untraced_cpu, 0
-                else:
-                    self.say(
-                        f"tracing {'off' if level == 0 else format(level, '.0%')} "
-                        f"(round {round_ + 1} of {rounds}): restarting the services"
-                    )
-                    self.system.start_services(level)
-                    spans_before = self.system.spans_exported() or 0
-                    report, cpu = self.closed_loop(seed_offset=round_ * 10 + int(level * 1000) + 7)
-                    if level > 0:
-                        time.sleep(TRACE_EXPORT_WAIT)
-                    spans = (self.system.spans_exported() or 0) - spans_before
-                bookings = report.created + (self.warmup if report is not untraced else 0)
+            for level in order if round_ % 2 == 0 else order[::-1]:
+                self.say(
+                    f"tracing {'off' if level == 0 else format(level, '.0%')} "
+                    f"(round {round_ + 1} of {rounds}): restarting the services"
+                )
+                self.system.start_services(level)
+                spans_before = self.system.spans_exported() or 0
+                report, cpu = self.closed_loop(seed_offset=round_ * 10 + int(level * 1000) + 7)
+                if level > 0:
+                    time.sleep(TRACE_EXPORT_WAIT)
+                spans = (self.system.spans_exported() or 0) - spans_before
+                bookings = report.created + self.warmup
                 runs[level].append(
                     {
                         "report": report,
@@ -801,7 +796,7 @@ def _phases(
     if rates:
         measured.open_loop(rates, report.saga_rate)
     if levels:
-        measured.tracing(levels, report, cpu, rounds)
+        measured.tracing(levels, rounds)
     if data or backlog:
         assert system is not None
         if system.sampling != 0.0:
