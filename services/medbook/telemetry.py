@@ -234,54 +234,24 @@ class SampledOnlyTracer(trace.Tracer):
         self._tracer = tracer
 
     def start_span(
-        self,
-        name: str,
-        context: Context | None = None,
-        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
-        attributes: Any = None,
-        links: Any = None,
-        start_time: int | None = None,
-        record_exception: bool = True,
-        set_status_on_exception: bool = True,
+        self, name: str, context: Context | None = None, *args: Any, **kwargs: Any
     ) -> trace.Span:
-        parent = trace.get_current_span(context)
-        span_context = parent.get_span_context()
-        if span_context.is_valid and not span_context.trace_flags.sampled:
-            return parent
-        return self._tracer.start_span(
-            name, context, kind, attributes, links, start_time,
-            record_exception, set_status_on_exception,
-        )  # fmt: skip
+        if _dropped(context):
+            return trace.get_current_span(context)
+        return self._tracer.start_span(name, context, *args, **kwargs)
 
     @contextlib.contextmanager
     def start_as_current_span(  # type: ignore[override]  # the API's is an _AgnosticContextManager
-        self,
-        name: str,
-        context: Context | None = None,
-        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
-        attributes: Any = None,
-        links: Any = None,
-        start_time: int | None = None,
-        record_exception: bool = True,
-        set_status_on_exception: bool = True,
-        end_on_exit: bool = True,
+        self, name: str, context: Context | None = None, *args: Any, **kwargs: Any
     ) -> Iterator[trace.Span]:
-        parent = trace.get_current_span(context)
-        span_context = parent.get_span_context()
-        if not (span_context.is_valid and not span_context.trace_flags.sampled):
-            with self._tracer.start_as_current_span(
-                name, context, kind, attributes, links, start_time,
-                record_exception, set_status_on_exception, end_on_exit,
-            ) as span:  # fmt: skip
+        if not _dropped(context):
+            with self._tracer.start_as_current_span(name, context, *args, **kwargs) as span:
                 yield span
         elif context is None:  # the parent is current already
-            yield parent
+            yield trace.get_current_span()
         else:
-            token = otel_context.attach(context)
-            try:
-                yield parent
-            finally:
-                otel_context.detach(token)
+            with use_context(context):
+                yield trace.get_current_span()
 
 
 class SampledOnlyTracerProvider(TracerProvider):
