@@ -7,7 +7,10 @@ ports, never the standard ones.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -44,6 +47,36 @@ def _clean_environment() -> Iterator[None]:
     yield
     del os.environ["OTEL_TRACES_SAMPLER"]
     os.environ.update(saved)
+
+
+# A test that waits longer than this is stuck: its longest legitimate run here is ~40 s.
+HANG_LIMIT = float(os.environ.get("MEDBOOK_TEST_HANG_LIMIT", "300"))
+
+
+@pytest.fixture(autouse=True)
+async def _hang_watchdog(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """An async test still waiting after HANG_LIMIT seconds is cancelled, once the stack of
+    every task of the loop is printed: a hang fails its own test, showing where it waited,
+    instead of holding the whole run until CI's limit."""
+    if not inspect.iscoroutinefunction(request.function):
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    name = request.function.__name__
+
+    def fire() -> None:
+        print(f"\n{request.node.nodeid} still waiting after {HANG_LIMIT:g}s:", file=sys.stderr)
+        for task in asyncio.all_tasks(loop):
+            task.print_stack(file=sys.stderr)
+        for task in asyncio.all_tasks(loop):
+            if getattr(task.get_coro(), "__name__", None) == name:
+                task.cancel(f"stuck for {HANG_LIMIT:g}s")
+
+    handle = loop.call_later(HANG_LIMIT, fire)
+    try:
+        yield
+    finally:
+        handle.cancel()
 
 
 @pytest.fixture(autouse=True)

@@ -40,13 +40,29 @@ async def _queue(connection: aio_pika.abc.AbstractRobustConnection, count: int) 
     return name
 
 
-async def _depth(connection: aio_pika.abc.AbstractRobustConnection, name: str) -> int:
+async def _depth(
+    connection: aio_pika.abc.AbstractRobustConnection, name: str, settle: float = 1.5
+) -> int:
+    """The queue's depth once the broker took back what the closed channel left unacked.
+
+    A quorum queue takes the deliveries of a closed channel back asynchronously, so a read
+    right after the close can come too early (CI saw 0 where 1 came back a moment later).
+    Nothing consumes the queue any more, so its depth only grows: it is read for ``settle``
+    seconds and the largest reading is the answer (an early read can never hide one that
+    was left unacked).
+    """
     channel = await connection.channel()
-    queue = await channel.declare_queue(name, passive=True)
-    depth = queue.declaration_result.message_count
+    deadline = asyncio.get_running_loop().time() + settle
+    depth = 0
+    while True:
+        queue = await channel.declare_queue(name, passive=True)
+        assert queue.declaration_result.message_count is not None
+        depth = max(depth, queue.declaration_result.message_count)
+        if asyncio.get_running_loop().time() >= deadline:
+            break
+        await asyncio.sleep(0.1)
     await queue.delete(if_unused=False, if_empty=False)
     await channel.close()
-    assert depth is not None
     return depth
 
 
