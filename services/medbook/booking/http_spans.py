@@ -22,8 +22,9 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from medbook.booking.middleware import OPEN_PATHS, ResponseStatus
 from medbook.telemetry import extract_context
 
 tracer = trace.get_tracer("medbook.booking")
@@ -60,9 +61,7 @@ def request_attributes(scope: Scope) -> dict[str, Any]:
 class ServerSpans:
     """A ``SERVER`` span per HTTP request (but not the probes' and the scrape's paths)."""
 
-    def __init__(
-        self, app: ASGIApp, excluded: Collection[str] = ("/healthz", "/readyz", "/metrics")
-    ) -> None:
+    def __init__(self, app: ASGIApp, excluded: Collection[str] = OPEN_PATHS) -> None:
         self.app = app
         self.excluded = frozenset(excluded)
 
@@ -77,19 +76,13 @@ class ServerSpans:
                 await self.app(scope, receive, send)
             return
         span.set_attributes(request_attributes(scope))
-        status = 0
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        response = ResponseStatus(send)
         # use_span records an exception escaping the app and sets the span's status.
         with trace.use_span(span, end_on_exit=True):
             try:
-                await self.app(scope, receive, send_status)
+                await self.app(scope, receive, response)
             finally:
+                status = response.status
                 route = getattr(scope.get("route"), "path", None)
                 if route:
                     span.update_name(f"{method} {route}")

@@ -19,6 +19,23 @@ log = logging.getLogger("medbook.booking.errors")
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
+class ResponseStatus:
+    """A ``send`` that passes every message on and remembers the response's status
+    (0 until the response starts): what the metrics, the server span and the error
+    handler each need to know of the response."""
+
+    __slots__ = ("send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 0
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
+
+
 class BearerAuth:
     """Requires ``Authorization: Bearer <token>`` on every path but :data:`OPEN_PATHS`."""
 
@@ -54,20 +71,14 @@ class HttpMetrics:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        response = ResponseStatus(send)
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, response)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
+            status = response.status or 500  # no response started: the app failed
             metrics.HTTP_REQUESTS.labels(method, template, str(status)).inc()
             metrics.HTTP_DURATION.labels(method, template).observe(time.perf_counter() - started)
 
@@ -88,18 +99,11 @@ class UnexpectedErrors:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        response = ResponseStatus(send)
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, response)
         except Exception as exc:
-            if started:
+            if response.status:  # the response started: it cannot be replaced
                 raise
             request = Request(scope)
             log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
