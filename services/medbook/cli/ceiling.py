@@ -275,6 +275,7 @@ async def _booking_side(
                                 routing_key=row["event"],
                                 properties=_properties(row["event"], orjson.loads(row["headers"])),
                                 mandatory=True,
+                                wait=False,
                             )
                             for row in rows
                         )
@@ -370,6 +371,7 @@ async def _discount_side(
                     routing_key=event,
                     properties=_properties(event, _trace_headers(message)),
                     mandatory=True,
+                    wait=False,
                 )
                 for result, message in zip(stored, batch, strict=True)
             )
