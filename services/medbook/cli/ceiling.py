@@ -48,7 +48,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Event as ProcessEvent
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import aiormq
 import asyncpg
@@ -250,7 +250,7 @@ async def _booking_side(
     for conn in relay_pool:
         relay_conns.put_nowait(conn)
     amqp = await aiormq.connect(config.amqp_url)
-    publisher = await amqp.channel(publisher_confirms=True)
+    publisher = cast(aiormq.Channel, await amqp.channel(publisher_confirms=True))
     consumer = await amqp.channel(publisher_confirms=False)
     await consumer.basic_qos(prefetch_count=config.prefetch)
     deliveries = _Deliveries()
@@ -346,7 +346,7 @@ async def _discount_side(
     redis = Redis.from_url(config.redis_url)
     complete_sha = await redis.script_load(_COMPLETE)
     amqp = await aiormq.connect(config.amqp_url)
-    publisher = await amqp.channel(publisher_confirms=True)
+    publisher = cast(aiormq.Channel, await amqp.channel(publisher_confirms=True))
     consumer = await amqp.channel(publisher_confirms=False)
     await consumer.basic_qos(prefetch_count=config.prefetch)
     deliveries = _Deliveries()
