@@ -33,6 +33,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError
 from pamqp.commands import Basic
 from yarl import URL
 
+from medbook.amqp_transport import CoalescingTransportFactory
 from medbook.broker_address import BrokerAddressError, broker_urls, masked
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,9 @@ class MultiNodeConnection(RobustConnection):
         self._index = start % len(self._nodes)
         self._attempts = 0
         super().__init__(self._nodes[self._index], **kwargs)
+        # Every (re)connection's socket coalesces the frames of a loop turn (amqp_transport).
+        self.transport_factory = CoalescingTransportFactory()
+        self.kwargs["transport_factory"] = self.transport_factory
 
     @property
     def node(self) -> str:

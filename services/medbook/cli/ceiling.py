@@ -56,6 +56,7 @@ import orjson
 from aiormq.abc import DeliveredMessage
 from redis.asyncio import Redis
 
+from medbook.amqp_transport import CoalescingTransportFactory
 from medbook.booking import catalog, domain
 from medbook.booking.domain import Booking
 from medbook.booking.outbox import _CLAIM_BATCH, _DELETE_PUBLISHED  # the relay's own statements
@@ -249,7 +250,7 @@ async def _booking_side(
     relay_conns: asyncio.Queue[asyncpg.Connection] = asyncio.Queue()
     for conn in relay_pool:
         relay_conns.put_nowait(conn)
-    amqp = await aiormq.connect(config.amqp_url)
+    amqp = await aiormq.connect(config.amqp_url, transport_factory=CoalescingTransportFactory())
     publisher = cast(aiormq.Channel, await amqp.channel(publisher_confirms=True))
     consumer = await amqp.channel(publisher_confirms=False)
     await consumer.basic_qos(prefetch_count=config.prefetch)
@@ -345,7 +346,7 @@ async def _discount_side(
 ) -> dict[str, float]:
     redis = Redis.from_url(config.redis_url)
     complete_sha = await redis.script_load(_COMPLETE)
-    amqp = await aiormq.connect(config.amqp_url)
+    amqp = await aiormq.connect(config.amqp_url, transport_factory=CoalescingTransportFactory())
     publisher = cast(aiormq.Channel, await amqp.channel(publisher_confirms=True))
     consumer = await amqp.channel(publisher_confirms=False)
     await consumer.basic_qos(prefetch_count=config.prefetch)
