@@ -38,6 +38,7 @@ from medbook.config import BookingSettings
 from medbook.failures import DependencyUnavailable
 from medbook.group_commit import GroupCommit
 from medbook.messaging import Consumer, Publisher, connect
+from medbook.runtime import settle_garbage_collector
 from medbook.telemetry import recording, setup_tracing
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,7 @@ def create_app(settings: BookingSettings, service: BookingService | None = None)
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await service.start()
+        settle_garbage_collector()  # what starting made (pools, clients) lives as long
         try:
             yield
         finally:

@@ -14,7 +14,7 @@ from starlette.routing import Route
 from medbook import metrics, probes
 from medbook.config import DiscountSettings
 from medbook.discount.worker import DiscountWorker
-from medbook.runtime import http_server, on_stop_signals, run
+from medbook.runtime import http_server, on_stop_signals, run, settle_garbage_collector
 from medbook.telemetry import setup_logging, setup_tracing
 
 log = logging.getLogger("medbook.discount")
@@ -52,6 +52,7 @@ async def serve(settings: DiscountSettings) -> int:
     except Exception:
         if not stop.is_set():
             raise
+    settle_garbage_collector()  # what starting made (clients, consumers) lives as long
     await stop.wait()
     await worker.stop()
     probe.should_exit = True
