@@ -135,9 +135,9 @@ class OutboxRelay:
         event = Event(row["event"])
         stored = row["headers"]
         stored = orjson.loads(stored) if isinstance(stored, str) else dict(stored)
-        # The event continues the trace of the request that committed it: with tracing
-        # on, the aio-pika instrumentation's publish span is a child of the stored
-        # context and replaces the traceparent; with it off, the stored one goes as is.
+        # The event continues the trace of the request that committed it: when that trace
+        # is kept, the publish span (telemetry.publish_span) is a child of the stored
+        # context and replaces the traceparent; otherwise the stored one goes as is.
         with use_context(extract_context(stored)):
             await publisher.publish(
                 event, row["payload"].encode(), headers=stored, message_id=f"outbox-{row['id']}"
