@@ -181,6 +181,9 @@ async def connect(
             log.warning("broker not reachable (%s), retried after %.1fs", exc.detail, delay)
 
 
+PERSISTENT: Final = int(DeliveryMode.PERSISTENT)
+
+
 def now_iso() -> str:
     return utcnow().isoformat()
 
@@ -253,31 +256,60 @@ class Publisher:
         """Publish persistently; return once the broker confirmed, raise otherwise."""
         if self.exchange is None:
             raise DependencyUnavailable(Dependency.BROKER, "the publisher is not started")
-        message = aio_pika.Message(
+        exchange = self.exchange.name
+        routing_key = event.value
+        message_headers: dict[str, Any] = {
+            CONTRACT_VERSION_HEADER: CONTRACT_VERSION,
+            **(headers or {}),
+            **self.signer.headers(routing_key, CONTRACT_VERSION, body),
+        }
+        server = self._server()
+        with publish_span(
+            tracer,
+            exchange,
+            routing_key,
             body,
-            content_type="application/json",
-            delivery_mode=DeliveryMode.PERSISTENT,
-            type=event.value,
+            message_headers,
             message_id=message_id,
-            correlation_id=correlation_id,
-            timestamp=utcnow(),
-            headers={
-                CONTRACT_VERSION_HEADER: CONTRACT_VERSION,
-                **(headers or {}),
-                **self.signer.headers(event.value, CONTRACT_VERSION, body),
-            },
-        )
-        with publish_span(tracer, self.exchange.name, event.value, message, self._server()):
-            await self._confirmed(self._send(self.exchange.name, event.value, message))
+            server=server,
+        ):
+            # The frame's properties are built here, not through an aio_pika.Message (which
+            # would check and copy each field and then build these same properties from it).
+            properties = aiormq.spec.Basic.Properties(
+                content_type="application/json",
+                delivery_mode=PERSISTENT,
+                message_type=routing_key,
+                message_id=message_id,
+                correlation_id=correlation_id,
+                timestamp=utcnow(),
+                headers=message_headers,
+            )
+            await self._confirmed(self._send(exchange, routing_key, body, properties))
 
     async def publish_raw(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
         """Publish a ready-made message (dead letters, retries, replays) with a confirm."""
         if self.channel is None:
             raise DependencyUnavailable(Dependency.BROKER, "the publisher is not started")
-        with publish_span(tracer, exchange, routing_key, message, self._server()):
-            await self._confirmed(self._send(exchange, routing_key, message))
+        with publish_span(
+            tracer,
+            exchange,
+            routing_key,
+            message.body,
+            message.headers,
+            message_id=message.message_id,
+            server=self._server(),
+        ):
+            await self._confirmed(
+                self._send(exchange, routing_key, message.body, message.properties)
+            )
 
-    async def _send(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
+    async def _send(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: aiormq.spec.Basic.Properties,
+    ) -> None:
         """One mandatory publish on the channel, returning once the broker confirmed it.
 
         It goes to aiormq's channel without waiting for the frame to reach the socket
@@ -293,10 +325,10 @@ class Publisher:
         # aio-pika's channels wrap aiormq's (whose basic_publish takes ``wait``).
         underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
         await underlay.basic_publish(
-            message.body,
+            body,
             exchange=exchange,
             routing_key=routing_key,
-            properties=message.properties,
+            properties=properties,
             mandatory=True,
             timeout=self.timeout,
             wait=False,

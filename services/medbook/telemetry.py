@@ -53,7 +53,7 @@ from opentelemetry.sdk.trace.sampling import (
 from medbook.config import TelemetrySettings
 
 if TYPE_CHECKING:
-    from aio_pika.abc import AbstractIncomingMessage, AbstractMessage
+    from aio_pika.abc import AbstractIncomingMessage
 
 # Record attributes that are not a line's own fields; uvicorn's `color_message` repeats the
 # message with ANSI colour escapes for its own console formatter.
@@ -361,7 +361,11 @@ def process_attributes(message: AbstractIncomingMessage, queue: str) -> dict[str
 
 
 def publish_attributes(
-    exchange: str, routing_key: str, message: AbstractMessage, server: tuple[str, int] | None
+    exchange: str,
+    routing_key: str,
+    body: bytes,
+    message_id: str | None,
+    server: tuple[str, int] | None,
 ) -> dict[str, Any]:
     """The conventions' attributes of a publish's ``PRODUCER`` span."""
     attributes: dict[str, Any] = {
@@ -369,12 +373,12 @@ def publish_attributes(
         "messaging.operation.type": "send",
         "messaging.operation.name": "publish",
         "messaging.destination.name": exchange or "amq.default",
-        "messaging.message.body.size": len(message.body),
+        "messaging.message.body.size": len(body),
     }
     if routing_key:
         attributes["messaging.rabbitmq.destination.routing_key"] = routing_key
-    if message.message_id:
-        attributes["messaging.message.id"] = message.message_id
+    if message_id:
+        attributes["messaging.message.id"] = message_id
     if server is not None:
         attributes["server.address"], attributes["server.port"] = server
     return attributes
@@ -385,23 +389,26 @@ def publish_span(
     tracer: trace.Tracer,
     exchange: str,
     routing_key: str,
-    message: AbstractMessage,
+    body: bytes,
+    headers: dict[str, Any],
+    *,
+    message_id: str | None = None,
     server: tuple[str, int] | None = None,
 ) -> Iterator[None]:
     """The ``PRODUCER`` span of one publish (up to its confirm), when the current trace is
-    kept or new; its context replaces the message's ``traceparent``, so the consumer's
-    ``process`` span is its child. Otherwise the headers keep the context the caller put
-    there (the request's, a stored one, the handler's)."""
+    kept or new; its context replaces the ``traceparent`` in the message's ``headers``
+    (in place), so the consumer's ``process`` span is its child. Otherwise the headers keep
+    the context the caller put there (the request's, a stored one, the handler's)."""
     if not _recording or _dropped(None):
         yield
         return
     with tracer.start_as_current_span(
         f"publish {exchange or 'amq.default'}",
         kind=trace.SpanKind.PRODUCER,
-        attributes=publish_attributes(exchange, routing_key, message, server),
+        attributes=publish_attributes(exchange, routing_key, body, message_id, server),
     ) as current:
         if current.is_recording():
-            propagate.inject(message.headers)
+            propagate.inject(headers)
         yield
 
 
