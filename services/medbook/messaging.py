@@ -184,6 +184,28 @@ async def connect(
 PERSISTENT: Final = int(DeliveryMode.PERSISTENT)
 
 
+def event_properties(
+    event: str,
+    headers: dict[str, Any],
+    *,
+    message_id: str | None,
+    correlation_id: str | None = None,
+) -> aiormq.spec.Basic.Properties:
+    """The properties of an event's frame: JSON, persistent, typed by the event, stamped now.
+
+    Built directly rather than through an ``aio_pika.Message``, which would check and copy
+    each field and then build these same properties from it."""
+    return aiormq.spec.Basic.Properties(
+        content_type="application/json",
+        delivery_mode=PERSISTENT,
+        message_type=event,
+        message_id=message_id,
+        correlation_id=correlation_id,
+        timestamp=utcnow(),
+        headers=headers,
+    )
+
+
 def now_iso() -> str:
     return utcnow().isoformat()
 
@@ -273,16 +295,8 @@ class Publisher:
             message_id=message_id,
             server=server,
         ):
-            # The frame's properties are built here, not through an aio_pika.Message (which
-            # would check and copy each field and then build these same properties from it).
-            properties = aiormq.spec.Basic.Properties(
-                content_type="application/json",
-                delivery_mode=PERSISTENT,
-                message_type=routing_key,
-                message_id=message_id,
-                correlation_id=correlation_id,
-                timestamp=utcnow(),
-                headers=message_headers,
+            properties = event_properties(
+                routing_key, message_headers, message_id=message_id, correlation_id=correlation_id
             )
             await self._confirmed(self._send(exchange, routing_key, body, properties))
 

@@ -86,7 +86,7 @@ from medbook.discount.idempotency import (  # the worker's own script and its ar
     complete_arguments,
 )
 from medbook.discount.policy import QuotaPolicy
-from medbook.messaging import queue_arguments
+from medbook.messaging import event_properties, queue_arguments
 
 CEILING_EXCHANGE: Final = f"{EXCHANGE}.ceiling"
 CEILING_DISCOUNT_QUEUE: Final = f"ceiling.{DISCOUNT_QUEUE}"
@@ -196,14 +196,9 @@ def prepare(config: CeilingConfig) -> tuple[BookingSideWork, DiscountSideWork]:
 
 
 def _properties(event: str, headers: dict[str, Any]) -> aiormq.spec.Basic.Properties:
-    """What medbook's publisher sets on every message."""
-    return aiormq.spec.Basic.Properties(
-        content_type="application/json",
-        delivery_mode=2,  # persistent
-        message_type=event,
-        message_id=uuid.uuid4().hex,
-        timestamp=utcnow(),
-        headers={CONTRACT_VERSION_HEADER: CONTRACT_VERSION, **headers},
+    """What medbook's publisher sets on every message (the publisher's own properties)."""
+    return event_properties(
+        event, {CONTRACT_VERSION_HEADER: CONTRACT_VERSION, **headers}, message_id=uuid.uuid4().hex
     )
 
 
